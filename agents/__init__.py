@@ -1,0 +1,1 @@
+"""Narrow-scope LLM agents and the LLM client layer. Knows nothing about Kafka."""

