@@ -138,8 +138,14 @@ class LLMClient:
                     completion_tokens=completion_tokens + (usage.completion_tokens if usage else 0),
                 ) from exc
             except openai.ContentFilterFinishReasonError as exc:
-                raise ModelBehaviorError("output blocked by content filter", attempts=attempt) from exc
-            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as exc:
+                raise ModelBehaviorError(
+                    "output blocked by content filter", attempts=attempt
+                ) from exc
+            except (
+                openai.APIConnectionError,
+                openai.RateLimitError,
+                openai.InternalServerError,
+            ) as exc:
                 last_error = ProviderError(f"{type(exc).__name__}: {exc}", attempts=attempt)
             except openai.APIStatusError as exc:  # 4xx other than 429: our request is wrong
                 raise ProviderError(f"{type(exc).__name__}: {exc}", attempts=attempt) from exc

@@ -42,7 +42,9 @@ def bundled_gguf() -> Path:
 class LocalModelServer:
     """Owns one in-process llama.cpp server; ``base_url`` is what the openai client points at."""
 
-    def __init__(self, model_path: Path | None, *, threads: int, context: int, parallel: int) -> None:
+    def __init__(
+        self, model_path: Path | None, *, threads: int, context: int, parallel: int
+    ) -> None:
         self.model_path = model_path or bundled_gguf()
         if not self.model_path.is_file():
             raise ConfigError(f"local model file not found: {self.model_path}")
@@ -68,6 +70,7 @@ class LocalModelServer:
         params.cpuparams.n_threads = self._threads
         params.cpuparams_batch.n_threads = self._threads
         params.port = 0  # any free port on loopback
+        params.verbosity = 0  # llama.cpp's per-request lines would drown the structured log
         self._server = xllamacpp.Server(params)
         log.info("local_model.started", path=str(self.model_path), url=self.base_url)
 

@@ -70,7 +70,9 @@ def create_app(settings: Settings, tickets: TicketPipeline) -> faust.App:
             await delivery  # wait for the broker's ack before the input is acked
         except Exception:
             # faust would ack the input if we raised; dying uncommitted means redelivery instead.
-            log.critical("emit.failed", topic=outcome.topic, event_id=outcome.event_id, exc_info=True)
+            log.critical(
+                "emit.failed", topic=outcome.topic, event_id=outcome.event_id, exc_info=True
+            )
             os._exit(EXIT_EMIT_FAILED)
 
     @app.agent(app.topic(settings.topics.tickets_received), name="tickets")
@@ -83,7 +85,10 @@ def create_app(settings: Settings, tickets: TicketPipeline) -> faust.App:
                 outcome = await tickets.handle(meta)
                 await emit(outcome)
                 log.info(
-                    "event.routed", event_id=outcome.event_id, lane=outcome.lane, reason=outcome.reason
+                    "event.routed",
+                    event_id=outcome.event_id,
+                    lane=outcome.lane,
+                    reason=outcome.reason,
                 )
 
     return app

@@ -23,7 +23,8 @@ def _check_redis(settings: Settings) -> None:
         redis.Redis.from_url(settings.redis_url, socket_timeout=5).ping()
     except redis.RedisError as exc:
         raise ConfigError(
-            f"Redis at {settings.redis_url} does not answer ({exc}); start it (make up) or set REDIS_URL"
+            f"Redis at {settings.redis_url} does not answer ({exc}); "
+            "start it (make up) or set REDIS_URL"
         ) from exc
 
 
@@ -94,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--timeout", type=float, default=600.0)
     d.add_argument("--state-dir", default=".local")
     args = parser.parse_args(argv)
-    commands = {"worker": cmd_worker, "topics": cmd_topics, "produce": cmd_produce, "demo": cmd_demo}
+    commands = {
+        "worker": cmd_worker,
+        "topics": cmd_topics,
+        "produce": cmd_produce,
+        "demo": cmd_demo,
+    }
     try:
         return commands[args.command](Settings(), args)
     except SluiceError as exc:

@@ -6,6 +6,7 @@ matched to outputs by their source offsets, so earlier runs on the same topics d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -66,10 +67,8 @@ def ensure_worker(state_dir: Path) -> int:
 def stop_worker(state_dir: Path) -> None:
     pidfile = state_dir / "worker.pid"
     if pidfile.exists():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         pidfile.unlink()
 
 
@@ -81,7 +80,9 @@ async def run_demo(settings: Settings, *, timeout_s: float, state_dir: Path) -> 
     start = await end_offsets(settings, list(lane_topics(settings)))
     events = sample_events(uuid.uuid4().hex[:8])
     sent = await produce_lines(settings, settings.topics.tickets_received, events)
-    print(f"produced {len(sent)} events to {settings.topics.tickets_received}; waiting for lanes ...")
+    print(
+        f"produced {len(sent)} events to {settings.topics.tickets_received}; waiting for lanes ..."
+    )
     wanted = {(s.topic, s.partition, s.offset) for s in sent}
     tally = await collect(settings, start, wanted, timeout_s=timeout_s)
 
@@ -91,14 +92,17 @@ async def run_demo(settings: Settings, *, timeout_s: float, state_dir: Path) -> 
             if isinstance(record, TicketTriaged):
                 print(
                     f"  {record.ticket_id:<8} {record.category:<9} {record.priority:<6} "
-                    f"conf={record.confidence:.2f} {record.usage.latency_ms}ms  {record.summary[:60]}"
+                    f"conf={record.confidence:.2f} {record.usage.latency_ms}ms  "
+                    f"{record.summary[:60]}"
                 )
             elif isinstance(record, DeadLetter):
                 value = (record.original_value or b"")[:40]
                 print(f"  {record.reason:<14} {value!r}  {record.error_message[:70]}")
     missing = wanted - tally.seen()
     counts = tally.counts()
-    print(f"\nelapsed {time.monotonic() - started:.1f}s; duplicates {sum(tally.duplicates.values())}")
+    print(
+        f"\nelapsed {time.monotonic() - started:.1f}s; duplicates {sum(tally.duplicates.values())}"
+    )
     if missing:
         print(f"NOT ACCOUNTED FOR: {len(missing)} events, e.g. {sorted(missing)[:3]}")
     print(

@@ -63,10 +63,12 @@ async def collect(
     *,
     timeout_s: float,
 ) -> Tally:
-    """Read the lane topics from ``start`` until every wanted input is accounted for or time is up."""
+    """Read the lanes from ``start`` until every wanted input is accounted for or time is up."""
     by_topic = lane_topics(settings)
     tally = Tally()
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         consumer.assign(list(start))

@@ -79,8 +79,12 @@ class TicketPipeline:
                 received_at=meta.timestamp or datetime.now(UTC),
                 processed_at=datetime.now(UTC),
             )
-            topic = self.topics.tickets_auto if decision.lane == "auto" else self.topics.tickets_review
-            return self._outcome(decision.lane, topic, meta, codec.encode(record), event_id, decision.reason)
+            topic = (
+                self.topics.tickets_auto if decision.lane == "auto" else self.topics.tickets_review
+            )
+            return self._outcome(
+                decision.lane, topic, meta, codec.encode(record), event_id, decision.reason
+            )
         except Exception as exc:  # errors become data; CancelledError is BaseException and passes
             dl = deadletter.dead_letter(
                 exc, meta, event_id=event_id, flow=self.flow, attempts=getattr(exc, "attempts", 0)

@@ -1,4 +1,4 @@
-"""The per-event core without a broker: every input becomes exactly one outcome, never an exception."""
+"""The per-event core without a broker: every input becomes one outcome, never an exception."""
 
 from datetime import UTC, datetime
 
@@ -75,7 +75,9 @@ async def test_event_id_is_kept_or_derived_stably() -> None:
 
 async def test_traceparent_is_propagated() -> None:
     tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    outcome = await pipeline().handle(meta(b"junk", headers=(("traceparent", tp), ("x-other", b"1"))))
+    outcome = await pipeline().handle(
+        meta(b"junk", headers=(("traceparent", tp), ("x-other", b"1")))
+    )
     headers = dict(outcome.headers)
     assert headers["traceparent"] == tp
     assert "x-other" not in headers

@@ -1,0 +1,51 @@
+"""kcat produces tickets and reads the lanes; Avro values are decoded and checked field by field."""
+
+import json
+
+from schemas import codec
+from schemas.records import TicketTriaged
+from tests.integration.conftest import Isolated, Worker
+from tests.integration.kcat import produce, wait_for
+
+TICKETS = [
+    ("T-1", "I was charged twice for my subscription, please refund one payment."),
+    ("T-2", "The app crashes when I open the settings page on Android."),
+    ("T-3", "My parcel has not arrived and tracking has not moved for a week."),
+    ("T-4", "I cannot log in: the password reset email never arrives."),
+    ("T-5", "Thanks, the new checkout is great."),
+    ("T-6", "Someone placed an order from my account that I did not make."),
+]
+
+
+def test_kcat_in_avro_out(isolated: Isolated, worker: Worker) -> None:
+    s = isolated.settings
+    t = s.topics
+    pairs = [
+        (tid, json.dumps({"event_id": f"ev-{tid}", "ticket_id": tid, "body": body}).encode())
+        for tid, body in TICKETS
+    ]
+    produce(s.bootstrap_servers, t.tickets_received, pairs)
+
+    records = wait_for(s.bootstrap_servers, [t.tickets_auto, t.tickets_review], len(TICKETS), 240)
+    assert worker.alive(), worker.log_tail()
+    assert len(records) == len(TICKETS)
+    seen = {}
+    for r in records:
+        out = codec.decode_as(r.value or b"", TicketTriaged)
+        seen[out.ticket_id] = out
+        assert r.key == out.ticket_id.encode()  # the input key is kept: per-ticket ordering
+        assert out.event_id == f"ev-{out.ticket_id}"
+        assert out.route.lane == ("auto" if r.topic == t.tickets_auto else "review")
+        assert out.route.threshold == s.auto_threshold
+        assert (out.confidence >= s.auto_threshold) == (out.route.lane == "auto")
+        assert out.agent.name == "ticket-triage"
+        assert out.agent.model == "local"
+        assert out.agent.prompt_version == "ticket_triage.v1"
+        assert out.usage.attempts >= 1
+        assert out.usage.prompt_tokens > 50  # the system prompt alone is longer than this
+        assert out.usage.completion_tokens > 0
+        assert out.summary.strip()
+        assert out.source.topic == t.tickets_received
+        assert out.processed_at >= out.received_at
+    assert set(seen) == {tid for tid, _ in TICKETS}
+    assert wait_for(s.bootstrap_servers, [t.deadletter], 0, 0) == []
