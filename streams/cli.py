@@ -1,4 +1,4 @@
-"""The ``sluice`` command: worker, topics, produce, demo."""
+"""The ``sluice`` command: worker, topics, produce, consume, schemas, demo."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     loop.run_until_complete(ensure_topics(settings))
     llm = LLMClient(settings.llm_config())
     llm.start()
-    app = create_app(settings, TicketPipeline(TicketTriageAgent(llm), settings))
+    codec = settings.codec()
+    log.info("codec", wire_format=codec.wire_format, registry=settings.schema_registry_url)
+    app = create_app(settings, TicketPipeline(TicketTriageAgent(llm), settings, codec))
     log.info("worker.starting", app_id=settings.app_id, topics=settings.topics.all())
     worker = faust.Worker(
         app, loglevel=settings.log_level, logging_config=config, loop=loop, override_logging=True
@@ -75,6 +77,35 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consume(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.consume import consume
+
+    logconfig.configure("warning", settings.log_format)
+    asyncio.run(
+        consume(
+            settings,
+            args.topic,
+            sys.stdout,
+            from_beginning=args.from_beginning,
+            max_records=args.max,
+            idle_timeout_s=args.idle_timeout,
+        )
+    )
+    return 0
+
+
+def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from schemas.contract import incompatibilities
+
+    problems = incompatibilities()
+    for problem in problems:
+        print(problem)
+    print(
+        "schemas: ok" if not problems else f"schemas: {len(problems)} problem(s)", file=sys.stderr
+    )
+    return 1 if problems else 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -91,6 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("topic")
     p.add_argument("file", nargs="?", default="-")
     p.add_argument("--key-field", default="ticket_id", help="JSON field used as the message key")
+    c = sub.add_parser("consume", help="print a topic's records as JSON lines (decodes Avro)")
+    c.add_argument("topic")
+    c.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    c.add_argument("--max", type=int, default=None, help="stop after N records")
+    c.add_argument(
+        "--idle-timeout", type=float, default=None, help="stop after S seconds without a record"
+    )
+    s = sub.add_parser("schemas", help="schema contracts")
+    s.add_argument("action", choices=["check"], help="check drift and backward compatibility")
     d = sub.add_parser("demo", help="run sample tickets through a worker and count the lanes")
     d.add_argument("--timeout", type=float, default=600.0)
     d.add_argument("--state-dir", default=".local")
@@ -99,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "worker": cmd_worker,
         "topics": cmd_topics,
         "produce": cmd_produce,
+        "consume": cmd_consume,
+        "schemas": cmd_schemas,
         "demo": cmd_demo,
     }
     try:

@@ -33,6 +33,7 @@ def dead_letter(
         error_message=str(error)[:4000],
         stacktrace="".join(traceback.format_exception(error))[-8000:],
         attempts=attempts,
+        retriable=bool(getattr(error, "retriable", False)),
         source=Source(topic=meta.topic, partition=meta.partition, offset=meta.offset),
         original_key=meta.key,
         original_value=meta.value,
@@ -52,5 +53,6 @@ def headers(record: DeadLetter) -> list[tuple[str, bytes]]:
         "exception.stacktrace": record.stacktrace[-2000:],
         "sluice.reason": record.reason,
         "sluice.attempts": str(record.attempts),
+        "sluice.retriable": str(record.retriable).lower(),
     }
     return [(_PREFIX + k, v.encode()) for k, v in pairs.items()]

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel
 
-from schemas import codec
 from schemas.records import DeadLetter, TicketTriaged
 from streams.settings import Settings
 from streams.topics import partitions
@@ -65,6 +64,7 @@ async def collect(
 ) -> Tally:
     """Read the lanes from ``start`` until every wanted input is accounted for or time is up."""
     by_topic = lane_topics(settings)
+    codec = settings.codec()
     tally = Tally()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False

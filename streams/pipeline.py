@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import structlog
 
 from agents.triage import TicketTriageAgent
-from schemas import codec
+from schemas.codec import Codec
 from schemas.events import TicketReceived, parse_event, peek_event_id
 from schemas.records import AgentInfo, Lane, Route, Source, TicketTriaged, Usage
 from streams import deadletter
@@ -43,8 +43,11 @@ class Outcome:
 class TicketPipeline:
     flow = "tickets"
 
-    def __init__(self, agent: TicketTriageAgent, settings: Settings) -> None:
+    def __init__(
+        self, agent: TicketTriageAgent, settings: Settings, codec: Codec | None = None
+    ) -> None:
         self.agent = agent
+        self.codec = codec or Codec()
         self.threshold = settings.auto_threshold
         self.topics = settings.topics
 
@@ -83,7 +86,7 @@ class TicketPipeline:
                 self.topics.tickets_auto if decision.lane == "auto" else self.topics.tickets_review
             )
             return self._outcome(
-                decision.lane, topic, meta, codec.encode(record), event_id, decision.reason
+                decision.lane, topic, meta, self.codec.encode(record), event_id, decision.reason
             )
         except Exception as exc:  # errors become data; CancelledError is BaseException and passes
             dl = deadletter.dead_letter(
@@ -96,7 +99,7 @@ class TicketPipeline:
                 "deadletter",
                 self.topics.deadletter,
                 meta,
-                codec.encode(dl),
+                self.codec.encode(dl),
                 event_id,
                 f"{dl.reason}: {dl.error_message}",
                 extra_headers=deadletter.headers(dl),

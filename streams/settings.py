@@ -15,6 +15,8 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.llm import LLMConfig
+from schemas.codec import Codec
+from schemas.registry import RegistryClient
 
 
 class Topics:
@@ -67,6 +69,11 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
     """Redis for idempotency keys; run it with appendonly yes and noeviction."""
 
+    # --- Avro ---
+    schema_registry_url: str | None = Field(None, validation_alias="SCHEMA_REGISTRY_URL")
+    """A Confluent-compatible schema registry: outputs then use Confluent framing (schema id)
+    instead of single-object encoding (fingerprint)."""
+
     # --- LLM ---
     openai_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_API_KEY")
     """With a key, agents call that provider; without, the offline local model."""
@@ -95,6 +102,14 @@ class Settings(BaseSettings):
     @cached_property
     def topics(self) -> Topics:
         return Topics(self)
+
+    def codec(self) -> Codec:
+        """The codec for this deployment; with a registry, every schema is registered now."""
+        if not self.schema_registry_url:
+            return Codec()
+        codec = Codec(RegistryClient(self.schema_registry_url))
+        codec.register_all()
+        return codec
 
     def llm_config(self) -> LLMConfig:
         return LLMConfig(

@@ -60,7 +60,7 @@ def test_fingerprints_differ_per_schema() -> None:
     ("mutate", "error"),
     [
         (lambda b: b"", CorruptRecord),
-        (lambda b: b"\x00\x01" + b[2:], CorruptRecord),  # wrong marker
+        (lambda b: b"\x7f\x01" + b[2:], CorruptRecord),  # neither wire format
         (lambda b: b[:2] + b"\x00" * 8 + b[10:], UnknownSchema),  # unknown fingerprint
         (lambda b: b[:12], CorruptRecord),  # truncated body
         (lambda b: b + b"\x00", CorruptRecord),  # trailing garbage
@@ -70,6 +70,12 @@ def test_corrupt_input_raises_our_errors(mutate, error: type) -> None:  # type: 
     with pytest.raises(error) as info:
         codec.decode(mutate(codec.encode(triaged())))
     assert isinstance(info.value, CodecError)
+
+
+def test_registry_framed_record_without_registry_names_the_fix() -> None:
+    framed = b"\x00\x00\x00\x00\x07" + codec.encode(triaged())[10:]
+    with pytest.raises(UnknownSchema, match="schema id 7; set SCHEMA_REGISTRY_URL"):
+        codec.decode(framed)
 
 
 def test_decode_as_rejects_other_type() -> None:
