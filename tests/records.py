@@ -7,15 +7,18 @@ within their precision and scale.
 
 from __future__ import annotations
 
+import io
 import types
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, Union, get_args, get_origin
 
+import fastavro
 from hypothesis import strategies as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from schemas.codec import SINGLE_OBJECT_MAGIC, fingerprint_bytes, load_schema
 from schemas.contract import _decimal_bounds
 from schemas.records import (
     AgentInfo,
@@ -121,6 +124,29 @@ SAMPLES: list[BaseModel] = [
         failed_at=NOW,
     ),
 ]
+
+
+def dead_letter_v1_bytes(event_id: str = "old") -> bytes:
+    """A DeadLetter written with released schema v1 (no ``retriable``), single-object encoded."""
+    v1 = fastavro.parse_schema(load_schema("dead_letter.v1.avsc", "avro/released"))
+    values = {
+        "event_id": event_id,
+        "flow": "tickets",
+        "reason": "poison_input",
+        "error_class": "E",
+        "error_message": "m",
+        "stacktrace": "",
+        "attempts": 0,
+        "source": SOURCE.model_dump(),
+        "original_key": None,
+        "original_value": b"x",
+        "original_timestamp": None,
+        "failed_at": NOW,
+    }
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, v1, values)
+    return SINGLE_OBJECT_MAGIC + fingerprint_bytes(v1) + body.getvalue()
+
 
 _text = st.text(max_size=40)
 _millis = st.integers(min_value=0, max_value=4_102_444_800_000).map(

@@ -15,15 +15,14 @@ from pathlib import Path
 
 import avro.io
 import avro.schema
-import fastavro
 import pytest
 from pydantic import BaseModel
 
 from schemas import codec
-from schemas.codec import SCHEMA_FILES, fingerprint_bytes, load_schema
+from schemas.codec import SCHEMA_FILES
 from schemas.records import DeadLetter
 from tests.integration.conftest import ROOT
-from tests.records import NOW, SAMPLES, SOURCE
+from tests.records import SAMPLES, dead_letter_v1_bytes
 
 AVSC = ROOT / "schemas" / "avro"
 JAVA = ROOT / "tests" / "java"
@@ -94,26 +93,8 @@ def test_java_decodes_our_bytes(avro_java: Path, tmp_path: Path, record: BaseMod
 def test_java_reads_a_released_v1_record_with_the_current_schema(
     avro_java: Path, tmp_path: Path
 ) -> None:
-    v1_raw = load_schema("dead_letter.v1.avsc", "avro/released")
-    v1 = fastavro.parse_schema(v1_raw)
-    values = {
-        "event_id": "old",
-        "flow": "tickets",
-        "reason": "poison_input",
-        "error_class": "E",
-        "error_message": "m",
-        "stacktrace": "",
-        "attempts": 0,
-        "source": SOURCE.model_dump(),
-        "original_key": None,
-        "original_value": b"x",
-        "original_timestamp": None,
-        "failed_at": NOW,
-    }
-    body = io.BytesIO()
-    fastavro.schemaless_writer(body, v1, values)
     data = tmp_path / "v1.bin"
-    data.write_bytes(codec.SINGLE_OBJECT_MAGIC + fingerprint_bytes(v1) + body.getvalue())
+    data.write_bytes(dead_letter_v1_bytes())
     _, decoded = java_decode(
         avro_java,
         [AVSC / "dead_letter.avsc", AVSC / "released" / "dead_letter.v1.avsc"],

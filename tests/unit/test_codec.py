@@ -1,46 +1,17 @@
-from datetime import UTC, datetime
-
 import pytest
 
 from schemas import codec
 from schemas.errors import CodecError, CorruptRecord, UnknownSchema
-from schemas.records import AgentInfo, DeadLetter, Route, Source, TicketTriaged, Usage
-
-NOW = datetime(2026, 11, 23, 12, 0, 0, 123000, tzinfo=UTC)  # millisecond precision survives
+from schemas.records import DeadLetter, TicketTriaged
+from tests.records import SAMPLES
 
 
 def triaged() -> TicketTriaged:
-    return TicketTriaged(
-        event_id="e-1",
-        ticket_id="T-1",
-        category="shipping",
-        priority="high",
-        summary="Parcel late",
-        confidence=0.91,
-        agent=AgentInfo(name="ticket-triage", version="0.1.0", model="local", prompt_version="v1"),
-        route=Route(lane="auto", reason="confidence 0.910 >= threshold 0.800", threshold=0.8),
-        usage=Usage(attempts=1, prompt_tokens=120, completion_tokens=40, latency_ms=350),
-        source=Source(topic="tickets.received", partition=2, offset=17),
-        received_at=NOW,
-        processed_at=NOW,
-    )
+    return next(r for r in SAMPLES if isinstance(r, TicketTriaged))
 
 
 def dead() -> DeadLetter:
-    return DeadLetter(
-        event_id="e-2",
-        flow="tickets",
-        reason="poison_input",
-        error_class="schemas.errors.UndecodableInput",
-        error_message="value is not JSON",
-        stacktrace="Traceback ...",
-        attempts=0,
-        source=Source(topic="tickets.received", partition=0, offset=3),
-        original_key=None,
-        original_value=b"\x00\xffnot json",
-        original_timestamp=None,
-        failed_at=NOW,
-    )
+    return next(r for r in SAMPLES if isinstance(r, DeadLetter))
 
 
 @pytest.mark.parametrize("record", [triaged(), dead()])
