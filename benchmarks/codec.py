@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 
 from pydantic import BaseModel
 
@@ -41,10 +42,10 @@ def main() -> None:
         model: type[BaseModel] = type(record)
         avro_bytes, json_bytes = codec.encode(record), record.model_dump_json().encode()
         assert codec.decode(avro_bytes) == model.model_validate_json(json_bytes) == record
-        enc_a = rate(lambda r=record: codec.encode(r), args.seconds)
-        enc_j = rate(lambda r=record: r.model_dump_json(), args.seconds)
-        dec_a = rate(lambda b=avro_bytes: codec.decode(b), args.seconds)
-        dec_j = rate(lambda b=json_bytes, m=model: m.model_validate_json(b), args.seconds)
+        enc_a = rate(partial(codec.encode, record), args.seconds)
+        enc_j = rate(record.model_dump_json, args.seconds)
+        dec_a = rate(partial(codec.decode, avro_bytes), args.seconds)
+        dec_j = rate(partial(model.model_validate_json, json_bytes), args.seconds)
         print(
             f"{model.__name__:<18}{len(avro_bytes):>7}{len(json_bytes):>7}{enc_a:>12,.0f}"
             f"{enc_j:>12,.0f}{enc_a / enc_j:>10.2f}{dec_a:>12,.0f}{dec_j:>12,.0f}"
