@@ -11,12 +11,13 @@ COMPOSE = yaml.safe_load((Path(__file__).parents[2] / "docker-compose.yml").read
 
 def test_services_and_healthchecks() -> None:
     services = COMPOSE["services"]
-    assert set(services) >= {"kafka", "redis", "worker"}
+    assert set(services) >= {"kafka", "redis", "schema-registry", "worker"}
     assert services["kafka"]["image"].startswith("apache/kafka:4")
-    for name in ("kafka", "redis", "worker"):
+    for name in ("kafka", "redis", "schema-registry", "worker"):
         assert services[name]["healthcheck"]["test"], f"{name} has no healthcheck"
     depends = services["worker"]["depends_on"]
-    assert depends["kafka"]["condition"] == depends["redis"]["condition"] == "service_healthy"
+    assert {d["condition"] for d in depends.values()} == {"service_healthy"}
+    assert set(depends) == {"kafka", "redis", "schema-registry"}
 
 
 def test_kraft_single_node() -> None:
@@ -37,7 +38,15 @@ def test_redis_keeps_keys() -> None:
 def test_worker_uses_the_same_variable_names() -> None:
     env = COMPOSE["services"]["worker"]["environment"]
     known = {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"}
+    known.add("SCHEMA_REGISTRY_URL")
     known |= {f"SLUICE_{n.upper()}" for n in Settings.model_fields}
     assert set(env) <= known, set(env) - known
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:29092"
     assert env["REDIS_URL"].startswith("redis://redis:")
+    assert env["SCHEMA_REGISTRY_URL"] == "http://schema-registry:8081"
+
+
+def test_registry_stores_in_our_kafka_with_our_compatibility_rule() -> None:
+    env = COMPOSE["services"]["schema-registry"]["environment"]
+    assert env["SCHEMA_REGISTRY_KAFKASTORE_BOOTSTRAP_SERVERS"] == "PLAINTEXT://kafka:29092"
+    assert env["SCHEMA_REGISTRY_SCHEMA_COMPATIBILITY_LEVEL"] == "backward"
