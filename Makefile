@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up down demo test test-unit lint bench schemas-check clean
+.PHONY: help setup up registry down demo test test-unit lint bench schemas-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -27,15 +27,19 @@ up: ## start local Kafka and Redis (or check the ones named by KAFKA_BOOTSTRAP_S
 	bash infra/kafka.sh start
 	bash infra/redis.sh start
 
-down: ## stop what demo/up started: the worker, the local broker and Redis
+registry: ## start a local Confluent-compatible schema registry (Apicurio, in memory) for the tests
+	bash infra/registry.sh start
+
+down: ## stop what demo/up/registry started: the worker, the broker, Redis and the registry
 	-$(BIN)/python -c 'from pathlib import Path; from streams.demo import stop_worker; stop_worker(Path(".local"))'
 	bash infra/kafka.sh stop
 	bash infra/redis.sh stop
+	bash infra/registry.sh stop
 
 demo: setup up ## run sample tickets through a worker on the offline model; print the lanes
 	$(BIN)/sluice demo
 
-test: setup up ## run the unit and integration tests against real Kafka and Redis
+test: setup up registry ## run the unit and integration tests against real Kafka, Redis and registry
 	$(BIN)/pytest tests
 
 test-unit: setup ## unit tests only (no network)

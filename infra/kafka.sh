@@ -20,8 +20,9 @@ BOOTSTRAP="${KAFKA_BOOTSTRAP_SERVERS:-$LOCAL_ADDR}"
 WAIT_SECONDS="${SLUICE_KAFKA_WAIT_SECONDS:-90}"
 PIDFILE="$STATE/broker.pid"
 
-log() { printf 'kafka: %s\n' "$*" >&2; }
-die() { printf 'kafka: error: %s\n' "$*" >&2; exit 1; }
+NAME=kafka
+# shellcheck source=infra/lib.sh
+source "$ROOT/infra/lib.sh"
 
 # A broker "answers" when it returns cluster metadata, not merely when its port is open.
 answers() {
@@ -32,13 +33,6 @@ answers() {
     local host="${addr%%,*}"; host="${host%:*}"; local port="${addr##*:}"; port="${port%%,*}"
     (exec 3<>"/dev/tcp/$host/$port") >/dev/null 2>&1
   fi
-}
-
-our_pid() {
-  [[ -f "$PIDFILE" ]] || return 1
-  local pid; pid="$(cat "$PIDFILE")"
-  kill -0 "$pid" 2>/dev/null && { echo "$pid"; return 0; }
-  return 1
 }
 
 resolve_jars() {
@@ -115,24 +109,10 @@ start() {
   # setsid: the broker outlives the make target that started it (make down stops it).
   setsid "${JAVA[@]}" kafka.Kafka "$STATE/server.properties" >>"$STATE/broker.log" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
-  local waited=0
-  until answers "$LOCAL_ADDR"; do
-    our_pid >/dev/null || { tail -n 30 "$STATE/broker.log" >&2; die "the broker exited during start-up"; }
-    (( waited >= WAIT_SECONDS )) && die "the broker did not answer within ${WAIT_SECONDS}s; see $STATE/broker.log"
-    sleep 1; waited=$((waited + 1))
-  done
-  log "ready at $LOCAL_ADDR after ${waited}s"
+  wait_ready "$LOCAL_ADDR" "$WAIT_SECONDS" "$STATE/broker.log"
 }
 
-stop() {
-  local pid
-  if ! pid="$(our_pid)"; then log "no local broker running"; rm -f "$PIDFILE"; return 0; fi
-  kill "$pid"
-  for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-  rm -f "$PIDFILE"
-  log "stopped"
-}
+stop() { stop_ours; }
 
 status() {
   if answers "$BOOTSTRAP"; then

@@ -12,8 +12,9 @@ breaker and the dead-letter code read a flag instead of walking ``isinstance`` l
     │   ├── UndecodableInput     not UTF-8, not JSON, not a JSON object
     │   └── InvalidInput         JSON that fails the event's pydantic model
     ├── CodecError               Avro encoding or decoding failed
-    │   ├── UnknownSchema        a fingerprint we hold no schema for
-    │   └── CorruptRecord        a header or body that does not parse
+    │   ├── UnknownSchema        a fingerprint or registry id we hold no schema for
+    │   ├── CorruptRecord        a header or body that does not parse
+    │   └── IncompatibleSchema   the registry refused a schema under its compatibility rule
     └── AgentError               the LLM step failed; carries attempts, token usage, last output
         ├── ProviderError        transport, 5xx, 429, timeouts (retriable)
         └── ModelBehaviorError   the model answered, but unusably: invalid JSON or schema,
@@ -60,11 +61,19 @@ class CodecError(SluiceError):
 
 
 class UnknownSchema(CodecError):
-    """The record names a schema (by fingerprint) that this process does not know."""
+    """The record names a schema (fingerprint or registry id) that cannot be found."""
 
 
 class CorruptRecord(CodecError):
     """The header or body of an Avro record does not parse."""
+
+
+class IncompatibleSchema(CodecError):
+    """The schema registry refused a schema (HTTP 409): it breaks the subject's compatibility rule.
+
+    Raised at start-up when schemas are registered, so a breaking change stops the worker before it
+    writes a record that existing consumers could not read.
+    """
 
 
 class AgentError(SluiceError):

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from schemas.errors import ConfigError, UnknownSchema
+from schemas.errors import ConfigError, IncompatibleSchema, UnknownSchema
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
@@ -40,6 +40,8 @@ class RegistryClient:
             detail = exc.read().decode(errors="replace")[:500]
             if exc.code == 404:
                 raise UnknownSchema(f"registry {self.url}{path}: not found: {detail}") from exc
+            if exc.code == 409:
+                raise IncompatibleSchema(f"registry {self.url}{path} refused: {detail}") from exc
             raise ConfigError(f"registry {self.url}{path}: HTTP {exc.code}: {detail}") from exc
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             raise ConfigError(f"schema registry at {self.url} does not answer: {exc}") from exc
