@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up registry down demo test test-unit lint bench schemas-check clean
+.PHONY: help setup up registry down demo test test-unit lint bench eval schemas-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -48,11 +48,14 @@ test-unit: setup ## unit tests only (no network)
 bench: setup ## benchmarks that print measured ratios (codec: Avro vs JSON)
 	$(BIN)/python -m benchmarks.codec
 
+eval: setup ## agent quality on the labeled samples (evals/): valid rate, field accuracy, latency, tokens
+	$(BIN)/python -m benchmarks.agents_eval
+
 schemas-check: setup ## drift between models and .avsc, and compatibility with released schemas
 	$(BIN)/sluice schemas check
 
 lint: setup ## ruff and mypy
-	$(BIN)/ruff check schemas agents streams tests benchmarks
+	$(BIN)/ruff check schemas agents streams tests benchmarks evals
 	$(BIN)/mypy
 
 clean: down ## remove .venv and .local (broker data, Redis data, logs)

@@ -1,48 +1,95 @@
 """TicketTriageAgent: one job — a support ticket in, a validated triage out.
 
-It does not route, write or retry on its own: the client layer bounds retries and the stream
-decides the lane from the result.
+It does not route, write or act: it proposes actions, each with its own confidence, and the stream
+decides. Its confidence is measured where the provider gives logprobs (see
+:mod:`agents.confidence`); every component is returned so evals can judge them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
-from typing import Literal
+from typing import get_args
 
 from pydantic import BaseModel, Field
 
+from agents.confidence import clamp, combine, label_probability
 from agents.llm import Completion, LLMClient
+from agents.prompt import load_prompt
 from schemas.events import TicketReceived
+from schemas.records import (
+    ActionKind,
+    Confidence,
+    ProposedAction,
+    Sentiment,
+    Team,
+    TicketCategory,
+    TicketPriority,
+)
 
-PROMPT_VERSION = "ticket_triage.v1"
+PROMPT_VERSION = "ticket_triage.v2"
 AGENT_NAME = "ticket-triage"
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = "0.2.0"
+MAX_TOKENS = 360
+
+
+class ActionAnswer(BaseModel):
+    action: ActionKind
+    confidence: float
 
 
 class TriageAnswer(BaseModel):
     """What the model must return. Lengths are bounded so a rambling model can't bloat records."""
 
-    category: Literal["billing", "technical", "account", "shipping", "other"]
-    priority: Literal["low", "medium", "high", "urgent"]
-    summary: str = Field(max_length=400)
+    category: TicketCategory
+    priority: TicketPriority
+    sentiment: Sentiment
+    team: Team
+    requires_human: bool
+    summary: str = Field(max_length=160)
+    reasoning: str = Field(max_length=200)
+    actions: list[ActionAnswer] = Field(max_length=4)
     confidence: float
-    """Self-rated; small models give canned values, so the router treats it with suspicion."""
+
+
+#: Which team owns which category (the same table as the prompt).
+TEAM_OF: dict[str, Team] = {
+    "billing": "billing",
+    "technical": "tech_support",
+    "account": "account_security",
+    "shipping": "logistics",
+    "other": "customer_success",
+}
+
+
+def business_problems(answer: TriageAnswer) -> list[str]:
+    """Rules beyond the schema; each problem is sent back to the model in a re-ask.
+
+    An answer whose parts contradict each other (a billing ticket for the logistics team) is
+    unreliable as a whole, so it is re-asked, and goes to review if the contradiction stays.
+    """
+    problems = []
+    if answer.team != TEAM_OF[answer.category]:
+        problems.append(
+            f"team {answer.team!r} does not match category {answer.category!r}: "
+            f"category {answer.category!r} belongs to team {TEAM_OF[answer.category]!r}"
+        )
+    if not answer.summary.strip():
+        problems.append("summary is empty: write one sentence saying what the customer needs")
+    if answer.priority == "urgent" and not answer.requires_human:
+        problems.append("priority is urgent, so requires_human must be true")
+    return problems
 
 
 @dataclass(frozen=True)
 class Triage:
-    """A triage answer with the identity of who produced it and what it cost."""
+    """A triage answer with its measured confidence and what it cost."""
 
     answer: TriageAnswer
-    confidence: float
+    confidence: Confidence
+    actions: list[ProposedAction]
     completion: Completion[TriageAnswer]
     model: str
-    prompt_version: str = PROMPT_VERSION
-
-
-def load_prompt(version: str) -> str:
-    return resources.files("agents").joinpath("prompts", f"{version}.md").read_text("utf-8")
+    prompt_version: str
 
 
 class TicketTriageAgent:
@@ -56,17 +103,47 @@ class TicketTriageAgent:
 
     async def triage(self, ticket: TicketReceived) -> Triage:
         user = f"Subject: {ticket.subject}\nChannel: {ticket.channel}\n\n{ticket.body}"
-        completion = await self.llm.structured(
+        c = await self.llm.structured(
             [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}],
             TriageAnswer,
-            max_tokens=200,
+            max_tokens=MAX_TOKENS,
+            validate=business_problems,
         )
-        # Neither llama.cpp nor every provider enforces numeric bounds from a JSON schema.
-        confidence = min(1.0, max(0.0, completion.value.confidence))
+        a = c.value
+        # The routed label is the category; priority decides urgency. Both must be believed.
+        label_probs = [
+            label_probability(c.logprobs, "category", a.category, get_args(TicketCategory)),
+            label_probability(c.logprobs, "priority", a.priority, get_args(TicketPriority)),
+        ]
+        measured = [p for p in label_probs if p is not None]
+        confidence = combine(
+            a.confidence,
+            min(measured) if measured else None,
+            reasks=c.reasks,
+            issues=len(c.issues),
+        )
+        team_p = label_probability(c.logprobs, "team", a.team, get_args(Team))
+        actions = []
+        seen = set()
+        for act in a.actions:
+            if act.action in seen:
+                continue  # small models repeat list items; a duplicate proposes nothing new
+            seen.add(act.action)
+            score = clamp(act.confidence) * confidence.validation
+            if act.action == "route_to_team" and team_p is not None:
+                score = min(score, team_p)
+            actions.append(
+                ProposedAction(
+                    action=act.action,
+                    target=a.team if act.action == "route_to_team" else None,
+                    confidence=round(score, 6),
+                )
+            )
         return Triage(
-            answer=completion.value,
+            answer=a,
             confidence=confidence,
-            completion=completion,
+            actions=actions,
+            completion=c,
             model=self.llm.model,
             prompt_version=self.prompt_version,
         )

@@ -53,7 +53,7 @@ def _type_drift(path: str, py: Any, avro: Any, info: FieldInfo | None) -> list[s
     if isinstance(avro, list):
         return [f"{path}: Avro union {avro!r} but pydantic type {py!r} is not optional"]
     if origin is not None and get_origin(origin) is None and hasattr(py, "__metadata__"):
-        return _type_drift(path, args[0], avro, info)
+        return _type_drift(path, args[0], avro, FieldInfo.from_annotation(py))
     kind = avro if isinstance(avro, str) else avro.get("type")
     logical = avro.get("logicalType") if isinstance(avro, dict) else None
     if origin is Literal:

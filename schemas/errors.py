@@ -15,15 +15,22 @@ breaker and the dead-letter code read a flag instead of walking ``isinstance`` l
     │   ├── UnknownSchema        a fingerprint or registry id we hold no schema for
     │   ├── CorruptRecord        a header or body that does not parse
     │   └── IncompatibleSchema   the registry refused a schema under its compatibility rule
-    └── AgentError               the LLM step failed; carries attempts, token usage, last output
+    └── AgentError               the LLM step failed; carries every attempt's usage, last output
         ├── ProviderError        transport, 5xx, 429, timeouts (retriable)
-        └── ModelBehaviorError   the model answered, but unusably: invalid JSON or schema,
-                                 refusal, truncation (not retriable as-is)
+        ├── BudgetExceeded       the event's token budget would be or was exceeded
+        └── ModelBehaviorError   the model answered, but unusably: invalid JSON or schema after
+            │                    every re-ask (not retriable as-is)
+            ├── Refusal          the model declined to answer
+            ├── Truncated        the answer hit max_tokens
+            └── ContentFiltered  the provider's content filter blocked the answer
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from schemas.records import Usage
 
 
 class SluiceError(Exception):
@@ -77,24 +84,24 @@ class IncompatibleSchema(CodecError):
 
 
 class AgentError(SluiceError):
-    """The LLM step failed. Carries what it cost so budgets and evals can account for it."""
+    """The LLM step failed. Carries what it cost so budgets, dead letters and evals account for it.
+
+    ``usage`` lists every call made, failed ones included; ``last_output`` is the model's last
+    text, kept for debugging prompts.
+    """
 
     reason = "agent_error"
 
     def __init__(
-        self,
-        message: str,
-        *,
-        attempts: int = 0,
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
-        last_output: str | None = None,
+        self, message: str, *, usage: Usage | None = None, last_output: str | None = None
     ) -> None:
         super().__init__(message)
-        self.attempts = attempts
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = completion_tokens
+        self.usage = usage
         self.last_output = last_output
+
+    @property
+    def attempts(self) -> int:
+        return self.usage.attempts if self.usage else 0
 
 
 class ProviderError(AgentError):
@@ -104,7 +111,35 @@ class ProviderError(AgentError):
     reason = "provider_unavailable"
 
 
+class BudgetExceeded(AgentError):
+    """The event's token budget is spent: another call could exceed it, or one already did.
+
+    Not retriable: the same event would cost the same again. A larger budget or a shorter input is
+    the fix, so it goes to the dead-letter lane with the spend recorded.
+    """
+
+    reason = "token_budget_exceeded"
+
+
 class ModelBehaviorError(AgentError):
-    """The provider answered but the output is unusable (invalid, refused, truncated)."""
+    """The provider answered but the output is unusable after every re-ask."""
 
     reason = "model_output_invalid"
+
+
+class Refusal(ModelBehaviorError):
+    """The model refused (``message.refusal``); asking again the same way will not help."""
+
+    reason = "model_refused"
+
+
+class Truncated(ModelBehaviorError):
+    """The answer stopped at ``max_tokens`` (finish_reason ``length``): it cannot be complete."""
+
+    reason = "output_truncated"
+
+
+class ContentFiltered(ModelBehaviorError):
+    """The provider's content filter withheld the answer (finish_reason ``content_filter``)."""
+
+    reason = "content_filtered"

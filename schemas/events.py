@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from schemas.errors import InvalidInput, UndecodableInput
@@ -72,3 +72,38 @@ def peek_event_id(raw: bytes | None) -> str | None:
         return None
     value = data.get("event_id") if isinstance(data, dict) else None
     return value if isinstance(value, str) and 0 < len(value) <= 128 else None
+
+
+ContentType = Literal["application/pdf", "text/plain"]
+
+
+class DocumentReceived(BaseModel):
+    """An invoice document as a producer writes it to ``documents.received``.
+
+    The document travels inline (``content_base64`` for PDF or text bytes, or ``text``) or as a
+    ``path`` relative to the worker's allowlisted document directory. Never a URL: a worker that
+    fetched arbitrary URLs named in events would be a server-side request forgery hole.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+    event_id: str | None = Field(default=None, min_length=1, max_length=128)
+    document_id: str = Field(min_length=1, max_length=128)
+    content_type: ContentType | None = None
+    """Optional: inferred from the bytes (``%PDF-``) or the file suffix when absent."""
+    content_base64: str | None = Field(default=None, max_length=14_000_000)
+    """The document's bytes, base64; about 10 MB at most."""
+    text: str | None = Field(default=None, max_length=200_000)
+    path: str | None = Field(default=None, max_length=1024)
+    """A file under SLUICE_DOCUMENT_DIR, relative to it."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DocumentReceived:
+        given = [n for n in ("content_base64", "text", "path") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                f"exactly one of content_base64, text, path is required (got {given or 'none'})"
+            )
+        if self.path and "://" in self.path:
+            raise ValueError("path must be a file under the document directory, not a URL")
+        return self

@@ -17,8 +17,15 @@ Lane = Literal["auto", "review", "deadletter"]
 Money = Annotated[Decimal, Field(max_digits=18, decimal_places=2)]
 #: Quantities may be fractional (hours, kilograms): Avro decimal(12, 3).
 Quantity = Annotated[Decimal, Field(max_digits=12, decimal_places=3)]
+#: An estimate in US dollars: Avro decimal(12, 6), fine enough for per-call token prices.
+Cost = Annotated[Decimal, Field(max_digits=12, decimal_places=6)]
 TicketCategory = Literal["billing", "technical", "account", "shipping", "other"]
 TicketPriority = Literal["low", "medium", "high", "urgent"]
+Sentiment = Literal["negative", "neutral", "positive"]
+Team = Literal["billing", "tech_support", "account_security", "logistics", "customer_success"]
+ActionKind = Literal[
+    "route_to_team", "send_acknowledgement", "escalate", "request_information", "close_as_resolved"
+]
 DeadLetterReason = Literal[
     "poison_input",
     "model_output_invalid",
@@ -27,6 +34,25 @@ DeadLetterReason = Literal[
     "codec_error",
     "agent_error",
     "other",
+    "model_refused",
+    "output_truncated",
+    "content_filtered",
+    "token_budget_exceeded",
+]
+#: How one LLM call ended, as the client layer classified it.
+AttemptOutcome = Literal[
+    "ok",
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "connection_error",
+    "bad_request",
+    "invalid_json",
+    "schema_invalid",
+    "business_invalid",
+    "refused",
+    "truncated",
+    "content_filtered",
 ]
 
 
@@ -62,6 +88,16 @@ class Route(_Record):
     threshold: float
 
 
+class AttemptUsage(_Record):
+    """One LLM call: why it ended and what it cost. Failed calls are billed too."""
+
+    attempt: int
+    outcome: AttemptOutcome
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: int
+
+
 class Usage(_Record):
     """What the LLM step cost, failed attempts included."""
 
@@ -69,6 +105,27 @@ class Usage(_Record):
     prompt_tokens: int
     completion_tokens: int
     latency_ms: int
+    per_attempt: list[AttemptUsage] = []
+    cost_usd: Cost | None = None
+    token_budget: int | None = None
+
+
+class Confidence(_Record):
+    """The routed score and every signal it was made from, so evals can judge each one."""
+
+    score: float
+    self_rated: float
+    logprob: float | None
+    validation: float
+    method: str
+
+
+class ProposedAction(_Record):
+    """An action the agent proposes, with its own confidence for the per-action router."""
+
+    action: ActionKind
+    target: str | None
+    confidence: float
 
 
 class TicketTriaged(_Record):
@@ -86,6 +143,12 @@ class TicketTriaged(_Record):
     source: Source
     received_at: datetime
     processed_at: datetime
+    sentiment: Sentiment | None = None
+    team: Team | None = None
+    requires_human: bool | None = None
+    reasoning: str | None = None
+    actions: list[ProposedAction] = []
+    confidence_detail: Confidence | None = None
 
 
 class DeadLetter(_Record):
@@ -104,6 +167,7 @@ class DeadLetter(_Record):
     original_value: bytes | None
     original_timestamp: datetime | None
     failed_at: datetime
+    usage: Usage | None = None
 
 
 class LineItem(_Record):
@@ -137,6 +201,9 @@ class InvoiceExtracted(_Record):
     source: Source
     received_at: datetime
     processed_at: datetime
+    validation_issues: list[str] = []
+    confidence_detail: Confidence | None = None
+    content_type: str | None = None
 
 
 ReviewVerdict = Literal["approve", "correct", "reject"]

@@ -16,7 +16,7 @@ import faust
 import structlog
 
 from streams.meta import Meta
-from streams.pipeline import Outcome, TicketPipeline
+from streams.pipeline import InvoicePipeline, Outcome, Pipeline, TicketPipeline
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -44,7 +44,7 @@ def meta_of(event: Any) -> Meta:
     )
 
 
-def create_app(settings: Settings, tickets: TicketPipeline) -> faust.App:
+def create_app(settings: Settings, tickets: TicketPipeline, invoices: InvoicePipeline) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")],
@@ -75,14 +75,13 @@ def create_app(settings: Settings, tickets: TicketPipeline) -> faust.App:
             )
             os._exit(EXIT_EMIT_FAILED)
 
-    @app.agent(app.topic(settings.topics.tickets_received), name="tickets")
-    async def tickets_worker(stream: Any) -> None:
+    async def run(pipeline: Pipeline, stream: Any) -> None:
         async for event in stream.events():
             meta = meta_of(event)
             with structlog.contextvars.bound_contextvars(
-                flow="tickets", topic=meta.topic, partition=meta.partition, offset=meta.offset
+                flow=pipeline.flow, topic=meta.topic, partition=meta.partition, offset=meta.offset
             ):
-                outcome = await tickets.handle(meta)
+                outcome = await pipeline.handle(meta)
                 await emit(outcome)
                 log.info(
                     "event.routed",
@@ -90,5 +89,13 @@ def create_app(settings: Settings, tickets: TicketPipeline) -> faust.App:
                     lane=outcome.lane,
                     reason=outcome.reason,
                 )
+
+    @app.agent(app.topic(settings.topics.tickets_received), name="tickets")
+    async def tickets_worker(stream: Any) -> None:
+        await run(tickets, stream)
+
+    @app.agent(app.topic(settings.topics.documents_received), name="invoices")
+    async def invoices_worker(stream: Any) -> None:
+        await run(invoices, stream)
 
     return app

@@ -31,10 +31,11 @@ def _check_redis(settings: Settings) -> None:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
+    from agents.invoice import InvoiceExtractionAgent
     from agents.llm import LLMClient
     from agents.triage import TicketTriageAgent
     from streams.app import create_app
-    from streams.pipeline import TicketPipeline
+    from streams.pipeline import InvoicePipeline, TicketPipeline
     from streams.topics import ensure_topics
 
     config = logconfig.configure(settings.log_level, settings.log_format)
@@ -46,7 +47,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     llm.start()
     codec = settings.codec()
     log.info("codec", wire_format=codec.wire_format, registry=settings.schema_registry_url)
-    app = create_app(settings, TicketPipeline(TicketTriageAgent(llm), settings, codec))
+    app = create_app(
+        settings,
+        TicketPipeline(TicketTriageAgent(llm), settings, codec),
+        InvoicePipeline(InvoiceExtractionAgent(llm, settings.document_dir), settings, codec),
+    )
     log.info("worker.starting", app_id=settings.app_id, topics=settings.topics.all())
     worker = faust.Worker(
         app, loglevel=settings.log_level, logging_config=config, loop=loop, override_logging=True

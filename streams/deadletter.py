@@ -9,6 +9,7 @@ from __future__ import annotations
 import traceback
 from datetime import UTC, datetime
 
+from schemas.errors import AgentError
 from schemas.records import DeadLetter, DeadLetterReason, Source
 from streams.meta import Meta
 
@@ -21,10 +22,10 @@ def reason_of(error: BaseException) -> DeadLetterReason:
     return reason if reason in _REASONS else "other"  # type: ignore[return-value]
 
 
-def dead_letter(
-    error: BaseException, meta: Meta, *, event_id: str, flow: str, attempts: int = 0
-) -> DeadLetter:
+def dead_letter(error: BaseException, meta: Meta, *, event_id: str, flow: str) -> DeadLetter:
+    """The dead-letter record of ``error``; an agent error's token spend travels with it."""
     cls = type(error)
+    usage = error.usage if isinstance(error, AgentError) else None
     return DeadLetter(
         event_id=event_id,
         flow=flow,
@@ -32,13 +33,14 @@ def dead_letter(
         error_class=f"{cls.__module__}.{cls.__qualname__}",
         error_message=str(error)[:4000],
         stacktrace="".join(traceback.format_exception(error))[-8000:],
-        attempts=attempts,
+        attempts=usage.attempts if usage else 0,
         retriable=bool(getattr(error, "retriable", False)),
         source=Source(topic=meta.topic, partition=meta.partition, offset=meta.offset),
         original_key=meta.key,
         original_value=meta.value,
         original_timestamp=meta.timestamp,
         failed_at=datetime.now(UTC),
+        usage=usage,
     )
 
 

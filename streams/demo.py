@@ -1,4 +1,4 @@
-"""``make demo``: sample tickets through a real worker, then count where every one of them ended.
+"""``make demo``: sample tickets and invoices through a real worker, then count where each ended.
 
 The worker is started in the background if none is running (``make down`` stops it). Events are
 matched to outputs by their source offsets, so earlier runs on the same topics don't count.
@@ -17,7 +17,7 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
-from schemas.records import DeadLetter, TicketTriaged
+from schemas.records import DeadLetter, InvoiceExtracted, TicketTriaged
 from streams.lanes import collect, end_offsets, lane_topics
 from streams.produce import produce_lines
 from streams.settings import Settings
@@ -31,15 +31,26 @@ MALFORMED: list[bytes] = [
 ]
 
 
-def sample_events(run_id: str) -> list[bytes]:
-    text = resources.files("streams").joinpath("samples", "tickets.jsonl").read_text("utf-8")
+def _samples(name: str, run_id: str) -> list[bytes]:
+    text = resources.files("streams").joinpath("samples", name).read_text("utf-8")
     events = []
     for i, line in enumerate(text.splitlines()):
         if line.strip():
             data = json.loads(line)
-            data["event_id"] = f"demo-{run_id}-{i:02d}"
+            data["event_id"] = f"demo-{run_id}-{name.split('.')[0]}-{i:02d}"
             events.append(json.dumps(data).encode())
+    return events
+
+
+def sample_events(run_id: str) -> list[bytes]:
+    events = _samples("tickets.jsonl", run_id)
     return events[:9] + MALFORMED[:2] + events[9:] + MALFORMED[2:]
+
+
+def sample_documents(run_id: str) -> list[bytes]:
+    """Three invoices (two text, one PDF) and one document event that names a URL (refused)."""
+    bad = b'{"document_id": "DOC-BAD", "path": "https://example.invalid/invoice.pdf"}'
+    return [*_samples("documents.jsonl", run_id), bad]
 
 
 def ensure_worker(state_dir: Path) -> int:
@@ -80,20 +91,31 @@ async def run_demo(settings: Settings, *, timeout_s: float, state_dir: Path) -> 
     start = await end_offsets(settings, list(lane_topics(settings)))
     events = sample_events(uuid.uuid4().hex[:8])
     sent = await produce_lines(settings, settings.topics.tickets_received, events)
+    docs = sample_documents(uuid.uuid4().hex[:8])
+    sent += await produce_lines(
+        settings, settings.topics.documents_received, docs, key_field="document_id"
+    )
     print(
-        f"produced {len(sent)} events to {settings.topics.tickets_received}; waiting for lanes ..."
+        f"produced {len(events)} tickets to {settings.topics.tickets_received} and {len(docs)} "
+        f"documents to {settings.topics.documents_received}; waiting for lanes ..."
     )
     wanted = {(s.topic, s.partition, s.offset) for s in sent}
     tally = await collect(settings, start, wanted, timeout_s=timeout_s)
 
     for lane, records in tally.lanes.items():
         print(f"\n== {lane} ({len(records)})")
-        for record in list(records.values())[:4]:
+        for record in list(records.values())[:5]:
             if isinstance(record, TicketTriaged):
                 print(
                     f"  {record.ticket_id:<8} {record.category:<9} {record.priority:<6} "
                     f"conf={record.confidence:.2f} {record.usage.latency_ms}ms  "
                     f"{record.summary[:60]}"
+                )
+            elif isinstance(record, InvoiceExtracted):
+                print(
+                    f"  {record.document_id:<10} {record.vendor_name[:24]:<24} "
+                    f"{record.total} {record.currency} conf={record.confidence:.2f} "
+                    f"{record.usage.latency_ms}ms  {record.route.reason[:50]}"
                 )
             elif isinstance(record, DeadLetter):
                 value = (record.original_value or b"")[:40]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel
 
-from schemas.records import DeadLetter, TicketTriaged
+from schemas.records import DeadLetter, InvoiceExtracted, TicketTriaged
 from streams.settings import Settings
 from streams.topics import partitions
 
@@ -41,7 +41,13 @@ class Tally:
 
 def lane_topics(settings: Settings) -> dict[str, str]:
     t = settings.topics
-    return {t.tickets_auto: "auto", t.tickets_review: "review", t.deadletter: "deadletter"}
+    return {
+        t.tickets_auto: "auto",
+        t.tickets_review: "review",
+        t.invoices_auto: "auto",
+        t.invoices_review: "review",
+        t.deadletter: "deadletter",
+    }
 
 
 async def end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
@@ -80,7 +86,7 @@ async def collect(
             for tp, messages in batches.items():
                 for message in messages:
                     record = codec.decode(message.value or b"")
-                    if not isinstance(record, TicketTriaged | DeadLetter):
+                    if not isinstance(record, TicketTriaged | InvoiceExtracted | DeadLetter):
                         continue
                     src = record.source
                     coord = (src.topic, src.partition, src.offset)

@@ -9,16 +9,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 import structlog
+from pydantic import BaseModel
 
+from agents.invoice import InvoiceExtractionAgent
 from agents.triage import TicketTriageAgent
 from schemas.codec import Codec
-from schemas.events import TicketReceived, parse_event, peek_event_id
-from schemas.records import AgentInfo, Lane, Route, Source, TicketTriaged, Usage
+from schemas.errors import ModelBehaviorError
+from schemas.events import DocumentReceived, TicketReceived, parse_event, peek_event_id
+from schemas.records import (
+    AgentInfo,
+    InvoiceExtracted,
+    Lane,
+    LineItem,
+    Route,
+    Source,
+    TicketTriaged,
+)
 from streams import deadletter
 from streams.meta import Meta
-from streams.router import route
+from streams.router import Decision, route
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -40,58 +52,37 @@ class Outcome:
     reason: str
 
 
-class TicketPipeline:
-    flow = "tickets"
+class Pipeline:
+    """The shared shape of a flow: parse, run the agent, route, encode — or dead-letter."""
 
-    def __init__(
-        self, agent: TicketTriageAgent, settings: Settings, codec: Codec | None = None
-    ) -> None:
-        self.agent = agent
+    flow = "flow"
+
+    def __init__(self, settings: Settings, codec: Codec | None) -> None:
         self.codec = codec or Codec()
         self.threshold = settings.auto_threshold
         self.topics = settings.topics
 
+    def lane_topic(self, lane: str) -> str:
+        raise NotImplementedError
+
+    async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
+        """The result record of one event and its routing decision; raises on any failure."""
+        raise NotImplementedError
+
     async def handle(self, meta: Meta) -> Outcome:
         event_id = peek_event_id(meta.value) or meta.derived_event_id()
         try:
-            ticket = parse_event(meta.value, TicketReceived)
-            triage = await self.agent.triage(ticket)
-            decision = route(triage.confidence, self.threshold)
-            c = triage.completion
-            record = TicketTriaged(
-                event_id=event_id,
-                ticket_id=ticket.ticket_id,
-                category=triage.answer.category,
-                priority=triage.answer.priority,
-                summary=triage.answer.summary,
-                confidence=triage.confidence,
-                agent=AgentInfo(
-                    name=self.agent.name,
-                    version=self.agent.version,
-                    model=triage.model,
-                    prompt_version=triage.prompt_version,
-                ),
-                route=Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold),
-                usage=Usage(
-                    attempts=c.attempts,
-                    prompt_tokens=c.prompt_tokens,
-                    completion_tokens=c.completion_tokens,
-                    latency_ms=c.latency_ms,
-                ),
-                source=Source(topic=meta.topic, partition=meta.partition, offset=meta.offset),
-                received_at=meta.timestamp or datetime.now(UTC),
-                processed_at=datetime.now(UTC),
-            )
-            topic = (
-                self.topics.tickets_auto if decision.lane == "auto" else self.topics.tickets_review
-            )
+            record, decision = await self.result(meta, event_id)
             return self._outcome(
-                decision.lane, topic, meta, self.codec.encode(record), event_id, decision.reason
+                decision.lane,
+                self.lane_topic(decision.lane),
+                meta,
+                self.codec.encode(record),
+                event_id,
+                decision.reason,
             )
         except Exception as exc:  # errors become data; CancelledError is BaseException and passes
-            dl = deadletter.dead_letter(
-                exc, meta, event_id=event_id, flow=self.flow, attempts=getattr(exc, "attempts", 0)
-            )
+            dl = deadletter.dead_letter(exc, meta, event_id=event_id, flow=self.flow)
             log.warning(
                 "event.deadlettered", event_id=event_id, reason=dl.reason, error=dl.error_message
             )
@@ -104,6 +95,14 @@ class TicketPipeline:
                 f"{dl.reason}: {dl.error_message}",
                 extra_headers=deadletter.headers(dl),
             )
+
+    def agent_info(
+        self, agent: TicketTriageAgent | InvoiceExtractionAgent, model: str, prompt: str
+    ) -> AgentInfo:
+        return AgentInfo(name=agent.name, version=agent.version, model=model, prompt_version=prompt)
+
+    def route_info(self, decision: Decision) -> Route:
+        return Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold)
 
     @staticmethod
     def _outcome(
@@ -131,3 +130,117 @@ class TicketPipeline:
             event_id=event_id,
             reason=reason,
         )
+
+
+def source_of(meta: Meta) -> Source:
+    return Source(topic=meta.topic, partition=meta.partition, offset=meta.offset)
+
+
+class TicketPipeline(Pipeline):
+    flow = "tickets"
+
+    def __init__(
+        self, agent: TicketTriageAgent, settings: Settings, codec: Codec | None = None
+    ) -> None:
+        super().__init__(settings, codec)
+        self.agent = agent
+
+    def lane_topic(self, lane: str) -> str:
+        return self.topics.tickets_auto if lane == "auto" else self.topics.tickets_review
+
+    async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
+        ticket = parse_event(meta.value, TicketReceived)
+        t = await self.agent.triage(ticket)
+        a = t.answer
+        decision = route(
+            t.confidence.score,
+            self.threshold,
+            requires_human=a.requires_human,
+            issues=t.completion.issues,
+        )
+        record = TicketTriaged(
+            event_id=event_id,
+            ticket_id=ticket.ticket_id,
+            category=a.category,
+            priority=a.priority,
+            summary=a.summary,
+            confidence=t.confidence.score,
+            agent=self.agent_info(self.agent, t.model, t.prompt_version),
+            route=self.route_info(decision),
+            usage=t.completion.usage,
+            source=source_of(meta),
+            received_at=meta.timestamp or datetime.now(UTC),
+            processed_at=datetime.now(UTC),
+            sentiment=a.sentiment,
+            team=a.team,
+            requires_human=a.requires_human,
+            reasoning=a.reasoning,
+            actions=t.actions,
+            confidence_detail=t.confidence,
+        )
+        return record, decision
+
+
+class InvoicePipeline(Pipeline):
+    flow = "invoices"
+
+    def __init__(
+        self, agent: InvoiceExtractionAgent, settings: Settings, codec: Codec | None = None
+    ) -> None:
+        super().__init__(settings, codec)
+        self.agent = agent
+
+    def lane_topic(self, lane: str) -> str:
+        return self.topics.invoices_auto if lane == "auto" else self.topics.invoices_review
+
+    async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
+        event = parse_event(meta.value, DocumentReceived)
+        x = await self.agent.extract(event)
+        a = x.answer
+        decision = route(x.confidence.score, self.threshold, issues=x.issues)
+        record = InvoiceExtracted(
+            event_id=event_id,
+            document_id=event.document_id,
+            vendor_name=a.vendor_name,
+            invoice_number=a.invoice_number,
+            issue_date=a.issue_date,
+            due_date=a.due_date,
+            currency=a.currency.upper(),
+            line_items=[
+                LineItem(
+                    description=i.description,
+                    quantity=fit(i.quantity, QUANTITY),
+                    unit_price=fit(i.unit_price, CENT),
+                    amount=fit(i.amount, CENT),
+                )
+                for i in a.line_items
+            ],
+            subtotal=fit(a.subtotal, CENT),
+            tax=fit(a.tax, CENT),
+            total=fit(a.total, CENT),
+            field_confidence=x.field_confidence,
+            confidence=x.confidence.score,
+            agent=self.agent_info(self.agent, x.model, x.prompt_version),
+            route=self.route_info(decision),
+            usage=x.completion.usage,
+            source=source_of(meta),
+            received_at=meta.timestamp or datetime.now(UTC),
+            processed_at=datetime.now(UTC),
+            validation_issues=x.issues,
+            confidence_detail=x.confidence,
+            content_type=x.document.content_type,
+        )
+        return record, decision
+
+
+CENT = Decimal("0.01")
+QUANTITY = Decimal("0.001")
+#: decimal(18, 2) holds 16 integer digits; a model that prints more is not describing an invoice.
+LIMIT = Decimal(10) ** 15
+
+
+def fit(value: Decimal, step: Decimal) -> Decimal:
+    """Round to the Avro scale; refuse absurd magnitudes as invalid model output."""
+    if not value.is_finite() or abs(value) >= LIMIT:
+        raise ModelBehaviorError(f"amount {value} cannot be an invoice amount")
+    return value.quantize(step, rounding=ROUND_HALF_UP)

@@ -6,6 +6,7 @@ new policy without calling a model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,11 +19,23 @@ class Decision:
     reason: str
 
 
-def route(confidence: float, threshold: float) -> Decision:
+def route(
+    confidence: float,
+    threshold: float,
+    *,
+    requires_human: bool = False,
+    issues: Sequence[str] = (),
+) -> Decision:
     """Auto only when confidence clears the threshold; anything doubtful goes to a person.
 
-    A NaN or out-of-range confidence is itself a reason for review, never for auto.
+    A NaN or out-of-range confidence is itself a reason for review, never for auto. So are
+    business-rule issues left after every re-ask, and an agent's judgement that a person must
+    handle it: those override any confidence.
     """
+    if issues:
+        return Decision("review", f"validation issues: {'; '.join(issues)}"[:500])
+    if requires_human:
+        return Decision("review", "agent says a person must handle it")
     if not 0.0 <= confidence <= 1.0:  # also catches NaN
         return Decision("review", f"confidence {confidence!r} outside [0, 1]")
     if confidence >= threshold:

@@ -15,6 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.llm import LLMConfig
+from agents.usage import parse_prices
 from schemas.codec import Codec
 from schemas.registry import RegistryClient
 
@@ -88,7 +89,19 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(30.0, gt=0)
     """Per-call timeout; a hung provider costs at most this per attempt."""
     llm_max_attempts: int = Field(3, ge=1, le=10)
-    """Attempts per event for transient provider errors."""
+    """Calls per event for transient provider errors (429, 5xx, timeouts, resets)."""
+    llm_max_validation_attempts: int = Field(3, ge=1, le=10)
+    """Answers per event that may fail validation (each failure is re-asked) before giving up."""
+    llm_deadline_s: float = Field(90.0, gt=0)
+    """Wall-time bound of one event's LLM step: every attempt, backoff and re-ask."""
+    llm_token_budget: int | None = Field(12000, ge=1)
+    """Tokens one event may spend over all its calls; a call that could overshoot is refused."""
+    llm_logprobs: bool = True
+    """Request token logprobs for measured confidence; false for providers that reject them."""
+    llm_prices: str | None = None
+    """JSON {"model": [usd_per_million_prompt, usd_per_million_completion]} over the defaults."""
+    document_dir: Path | None = None
+    """The one directory documents may be read from by path; unset: paths are refused."""
 
     # --- Routing ---
     auto_threshold: float = Field(0.8, ge=0.0, le=1.0)
@@ -118,6 +131,11 @@ class Settings(BaseSettings):
             model=self.model,
             timeout_s=self.llm_timeout_s,
             max_attempts=self.llm_max_attempts,
+            max_validation_attempts=self.llm_max_validation_attempts,
+            deadline_s=self.llm_deadline_s,
+            token_budget=self.llm_token_budget,
+            logprobs=self.llm_logprobs,
+            prices=parse_prices(self.llm_prices),
             local_model_path=self.local_model_path,
             local_threads=self.local_threads,
         )

@@ -38,6 +38,19 @@ AGENT = AgentInfo(name="agent", version="0.1.0", model="local", prompt_version="
 SOURCE = Source(topic="tickets.received", partition=2, offset=17)
 USAGE = Usage(attempts=1, prompt_tokens=120, completion_tokens=40, latency_ms=350)
 
+#: A triage answer that passes every business rule, as a model would send it (JSON types).
+GOOD_TRIAGE: dict[str, Any] = {
+    "category": "billing",
+    "priority": "high",
+    "sentiment": "negative",
+    "team": "billing",
+    "requires_human": False,
+    "summary": "Refund a double charge.",
+    "reasoning": "Charged twice.",
+    "actions": [{"action": "route_to_team", "confidence": 0.9}],
+    "confidence": 0.8,
+}
+
 SAMPLES: list[BaseModel] = [
     TicketTriaged(
         event_id="e-1",
@@ -176,7 +189,7 @@ def strategy_for(py: Any, info: FieldInfo | None = None) -> st.SearchStrategy[An
     if origin is dict:
         return st.dictionaries(_text, strategy_for(args[1]), max_size=4)
     if hasattr(py, "__metadata__"):
-        return strategy_for(args[0], info)
+        return strategy_for(args[0], FieldInfo.from_annotation(py))
     if isinstance(py, type) and issubclass(py, BaseModel):
         return records(py)
     if py is Decimal:

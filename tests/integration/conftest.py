@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from aiokafka import AIOKafkaProducer
 
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -54,6 +55,23 @@ def isolated(services: Settings) -> Isolated:
     )
     asyncio.run(ensure_topics(settings))
     return Isolated(settings, env)
+
+
+async def send_values(
+    bootstrap: str, topic: str, values: list[bytes | None]
+) -> list[tuple[str, int, int]]:
+    """Produce each value (keys k0, k1, ...) and wait for its ack; return (topic, partition,
+    offset) per value, the coordinates outputs are matched back to."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        coords = []
+        for i, value in enumerate(values):
+            meta = await producer.send_and_wait(topic, value, key=f"k{i}".encode())
+            coords.append((topic, meta.partition, meta.offset))
+        return coords
+    finally:
+        await producer.stop()
 
 
 @dataclass

@@ -3,12 +3,10 @@
 import asyncio
 import json
 
-from aiokafka import AIOKafkaProducer
-
 from schemas.records import DeadLetter, TicketTriaged
 from streams.lanes import collect, end_offsets, lane_topics
 from streams.meta import Meta
-from tests.integration.conftest import Isolated, Worker
+from tests.integration.conftest import Isolated, Worker, send_values
 
 VALID = [
     {"event_id": "ev-1", "ticket_id": "T-1", "body": "Refund my duplicate charge please."},
@@ -37,16 +35,8 @@ MALFORMED: list[bytes | None] = [
 
 async def produce_all(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None]]:
     values: list[bytes | None] = [json.dumps(v).encode() for v in VALID] + MALFORMED
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        sent = []
-        for i, value in enumerate(values):
-            meta = await producer.send_and_wait(topic, value, key=f"k{i}".encode())
-            sent.append((meta.partition, meta.offset, value))
-        return sent
-    finally:
-        await producer.stop()
+    coords = await send_values(bootstrap, topic, values)
+    return [(p, o, v) for (_, p, o), v in zip(coords, values, strict=True)]
 
 
 async def test_every_event_ends_in_exactly_one_lane(isolated: Isolated, worker: Worker) -> None:

@@ -24,9 +24,10 @@ from schemas.errors import IncompatibleSchema, UnknownSchema
 from schemas.records import DeadLetter, TicketTriaged
 from schemas.registry import RegistryClient
 from streams.lanes import end_offsets
+from tests.fault_server import FaultServer, answer_marker
 from tests.integration.conftest import ROOT, Isolated, start_worker
 from tests.integration.kcat import produce, wait_for
-from tests.records import dead_letter_v1_bytes, records
+from tests.records import GOOD_TRIAGE, dead_letter_v1_bytes, records
 
 LOCAL = f"http://127.0.0.1:{os.environ.get('SLUICE_REGISTRY_PORT', '8081')}/apis/ccompat/v7"
 
@@ -121,8 +122,14 @@ def test_registry_refuses_a_breaking_change(registry_url: str) -> None:
 def test_worker_writes_confluent_framing_that_consumers_read(
     registry_url: str, isolated: Isolated, tmp_path: Any
 ) -> None:
-    """The worker with SCHEMA_REGISTRY_URL; `sluice consume` and a fresh codec read by id."""
-    env = {**isolated.env, "SCHEMA_REGISTRY_URL": registry_url}
+    """The worker with SCHEMA_REGISTRY_URL; `sluice consume` and a fresh codec read by id.
+
+    The model is the fault server answering a fixed valid triage: this test is about the wire
+    format, so what the local model would say must not decide its outcome.
+    """
+    server = FaultServer().start()
+    env = {**isolated.env, "SCHEMA_REGISTRY_URL": registry_url, "OPENAI_BASE_URL": server.base_url}
+    good = answer_marker(GOOD_TRIAGE)
     s = isolated.settings
     t = s.topics
     start = asyncio.run(end_offsets(s, [t.tickets_auto, t.tickets_review, t.deadletter]))
@@ -130,8 +137,8 @@ def test_worker_writes_confluent_framing_that_consumers_read(
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         tickets = [
-            ("R-1", {"event_id": "ev-R-1", "ticket_id": "R-1", "body": "Refund my double charge."}),
-            ("R-2", {"event_id": "ev-R-2", "ticket_id": "R-2", "body": "Login page shows 500."}),
+            ("R-1", {"event_id": "ev-R-1", "ticket_id": "R-1", "body": f"Refund me. {good}"}),
+            ("R-2", {"event_id": "ev-R-2", "ticket_id": "R-2", "body": f"Login fails. {good}"}),
         ]
         produce(
             s.bootstrap_servers,
@@ -145,6 +152,7 @@ def test_worker_writes_confluent_framing_that_consumers_read(
     finally:
         worker.proc.terminate()
         worker.proc.wait(timeout=30)
+        server.stop()
     assert len(out) == 3
     ids = RegistryClient(registry_url)
     reader = fresh_codec(registry_url)

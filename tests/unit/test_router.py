@@ -27,3 +27,13 @@ def test_route_table(confidence: float, threshold: float, lane: str) -> None:
 
 def test_reason_names_the_numbers() -> None:
     assert route(0.42, 0.8).reason == "confidence 0.420 < threshold 0.800"
+
+
+def test_issues_and_requires_human_override_confidence() -> None:
+    issues = route(0.99, 0.8, issues=["total 110.00 != subtotal 90.00 + tax 10.00"])
+    assert issues.lane == "review"
+    assert "total 110.00" in issues.reason
+    human = route(0.99, 0.8, requires_human=True)
+    assert human.lane == "review"
+    assert "person" in human.reason
+    assert route(0.99, 0.8, requires_human=False, issues=[]).lane == "auto"

@@ -1,0 +1,386 @@
+"""The fault server, driven through the real ``openai`` client.
+
+Why through the real client: the LLM layer's error handling keys on the client's exception types
+and parsed fields (``RateLimitError.response.headers``, ``message.refusal``, ``finish_reason``),
+so these tests pin both that the server produces each fault and how the client surfaces it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import hashlib
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai.types.shared_params import ResponseFormatJSONSchema
+from pydantic import BaseModel, Field, ValidationError
+
+from tests.fault_server import (
+    REFUSAL_TEXT,
+    FaultServer,
+    answer_marker,
+    example_instance,
+    fault_marker,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Category(enum.StrEnum):
+    billing = "billing"
+    technical = "technical"
+
+
+class Item(BaseModel):
+    name: str = Field(min_length=3)
+    quantity: int = Field(ge=1)
+
+
+class M(BaseModel):
+    """Covers what the server's schema instances must handle: enum, date, $ref, minItems, null."""
+
+    category: Category
+    due: datetime.date
+    items: list[Item] = Field(min_length=1)
+    note: str | None = None
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+def _format(schema: dict[str, Any]) -> ResponseFormatJSONSchema:
+    return {"type": "json_schema", "json_schema": {"name": "M", "schema": schema, "strict": True}}
+
+
+PLAIN = _format(M.model_json_schema())
+STRICT = _format(openai.pydantic_function_tool(M)["function"]["parameters"])
+"""The strict form agents.llm sends: every property required, additionalProperties false."""
+
+
+@pytest.fixture
+def server() -> Iterator[FaultServer]:
+    with FaultServer(hang_s=3.0, slow_ms=200) as fault_server:
+        yield fault_server
+
+
+@pytest.fixture
+def client(server: FaultServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=server.base_url, api_key="x", max_retries=0, timeout=5.0
+    ) as openai_client:
+        yield openai_client
+
+
+def ask(
+    client: openai.OpenAI,
+    user: str,
+    *more: ChatCompletionMessageParam,
+    response_format: ResponseFormatJSONSchema = PLAIN,
+    max_tokens: int | openai.Omit = openai.omit,
+    timeout: float | openai.NotGiven = openai.not_given,
+) -> ChatCompletion:
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "Triage the ticket."},
+        {"role": "user", "content": user},
+        *more,
+    ]
+    return client.chat.completions.create(
+        model="fault-test",
+        messages=messages,
+        response_format=response_format,
+        max_tokens=max_tokens,
+        timeout=timeout,
+    )
+
+
+def content(response: ChatCompletion) -> str:
+    text = response.choices[0].message.content
+    assert text is not None
+    return text
+
+
+# -- every fault, as the client sees it ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("response_format", [PLAIN, STRICT], ids=["pydantic", "strict"])
+def test_ok_is_a_valid_instance_of_the_schema(
+    client: openai.OpenAI, response_format: ResponseFormatJSONSchema
+) -> None:
+    response = ask(client, "my invoice is wrong", response_format=response_format)
+    answer = M.model_validate_json(content(response))
+    assert answer.category is Category.billing  # the first enum value
+    assert answer.due == datetime.date(2026, 1, 15)
+    assert answer.items == [Item(name="xxx", quantity=1)]  # minItems, minLength, minimum
+    assert answer.note == "x"  # the non-null branch of the optional
+    assert answer.confidence == 0.9
+    assert response.model == "fault-test"  # echoed
+    assert response.choices[0].finish_reason == "stop"
+    assert response.choices[0].message.refusal is None
+
+
+def test_without_response_format_the_answer_is_ok(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(
+        model="fault-test", messages=[{"role": "user", "content": "ping"}]
+    )
+    assert content(response) == "ok"
+
+
+def test_models_lists_the_fault_model(client: openai.OpenAI) -> None:
+    assert [m.id for m in client.models.list()] == ["fault"]
+
+
+def test_slow_answers_ok_after_slow_ms(client: openai.OpenAI) -> None:
+    began = time.monotonic()
+    response = ask(client, f"slow one {fault_marker('slow')}")
+    assert time.monotonic() - began >= 0.2
+    M.model_validate_json(content(response))
+
+
+def test_latency_delays_every_fault() -> None:
+    with (
+        FaultServer(default="500", latency_ms=150) as server,
+        openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0) as client,
+    ):
+        began = time.monotonic()
+        with pytest.raises(openai.InternalServerError):
+            ask(client, "anything")
+        assert time.monotonic() - began >= 0.15
+
+
+def test_429_is_a_rate_limit_error_with_retry_after(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.RateLimitError) as caught:
+        ask(client, f"busy {fault_marker('429')}")
+    assert caught.value.status_code == 429
+    assert caught.value.response.headers["retry-after"] == "1"
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["type"] == "rate_limit_error"  # the client unwraps {"error": ...}
+
+
+def test_500_is_an_internal_server_error(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        ask(client, f"broken {fault_marker('500')}")
+    assert caught.value.status_code == 500
+
+
+def test_hang_outlasts_the_client_timeout(client: openai.OpenAI, server: FaultServer) -> None:
+    began = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        ask(client, f"stuck {fault_marker('hang')}", timeout=0.5)
+    assert time.monotonic() - began < 2.0
+    [call] = server.calls
+    assert (call.fault, call.status, call.prompt_tokens, call.completion_tokens) == (
+        "hang",
+        0,
+        0,
+        0,
+    )
+
+
+def test_reset_is_a_connection_error(client: openai.OpenAI, server: FaultServer) -> None:
+    with pytest.raises(openai.APIConnectionError) as caught:
+        ask(client, f"gone {fault_marker('reset')}")
+    assert not isinstance(caught.value, openai.APITimeoutError)
+    assert server.calls[0].status == 0
+    assert ask(client, "the next request on a fresh connection is fine").choices
+
+
+def test_invalid_json_does_not_parse(client: openai.OpenAI) -> None:
+    response = ask(client, f"garbled {fault_marker('invalid_json')}")
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(content(response))
+
+
+def test_schema_violation_parses_but_does_not_validate(client: openai.OpenAI) -> None:
+    response = ask(client, f"off-schema {fault_marker('schema_violation')}")
+    assert json.loads(content(response)) == {"unexpected": True}
+    with pytest.raises(ValidationError):
+        M.model_validate_json(content(response))
+
+
+def test_refusal_sets_refusal_and_no_content(client: openai.OpenAI) -> None:
+    response = ask(client, f"nope {fault_marker('refusal')}")
+    message = response.choices[0].message
+    assert message.refusal == REFUSAL_TEXT
+    assert message.content is None
+    assert response.choices[0].finish_reason == "stop"
+
+
+def test_truncated_stops_at_max_tokens(client: openai.OpenAI) -> None:
+    response = ask(client, f"long {fault_marker('truncated')}", max_tokens=37)
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage is not None
+    assert response.usage.completion_tokens == 37
+    full = json.dumps(example_instance(M.model_json_schema()))
+    assert full.startswith(content(response))
+    assert len(content(response)) < len(full)
+
+
+def test_truncated_without_max_tokens_books_16(client: openai.OpenAI) -> None:
+    response = ask(client, f"long again {fault_marker('truncated')}")
+    assert response.usage is not None
+    assert response.usage.completion_tokens == 16
+
+
+def test_content_filter(client: openai.OpenAI) -> None:
+    response = ask(client, f"spicy {fault_marker('content_filter')}")
+    assert response.choices[0].finish_reason == "content_filter"
+    assert not response.choices[0].message.content
+
+
+# -- choosing faults -------------------------------------------------------------------------------
+
+
+def test_marker_sequence_is_counted_per_first_user_message(
+    client: openai.OpenAI, server: FaultServer
+) -> None:
+    ticket = f"refund please {fault_marker('500', 'ok')}"
+    with pytest.raises(openai.InternalServerError):
+        ask(client, ticket)
+    assert M.model_validate_json(content(ask(client, ticket)))
+    # a re-ask appends messages but keeps the first user message: same key, past the list's end
+    reask: list[ChatCompletionMessageParam] = [
+        {"role": "assistant", "content": "{}"},
+        {"role": "user", "content": "Your previous answer was rejected."},
+    ]
+    assert M.model_validate_json(content(ask(client, ticket, *reask)))
+    with pytest.raises(openai.InternalServerError):  # another event starts its own count
+        ask(client, f"another ticket {fault_marker('500', 'ok')}")
+    assert [c.status for c in server.calls] == [500, 200, 200, 500]
+    keys = [c.key for c in server.calls]
+    assert keys[0] == keys[1] == keys[2] == hashlib.sha1(ticket.encode()).hexdigest()
+    assert keys[3] != keys[0]
+
+
+def test_marker_in_any_message_counts(client: openai.OpenAI) -> None:
+    more: ChatCompletionMessageParam = {"role": "user", "content": fault_marker("refusal")}
+    assert ask(client, "plain ticket", more).choices[0].message.refusal == REFUSAL_TEXT
+
+
+def test_script_overrides_markers_and_default(client: openai.OpenAI, server: FaultServer) -> None:
+    server.script(["429", "refusal"])
+    with pytest.raises(openai.RateLimitError):
+        ask(client, f"marked ok {fault_marker('ok')}")
+    assert ask(client, "unmarked").choices[0].message.refusal == REFUSAL_TEXT
+    assert ask(client, "unmarked").choices[0].finish_reason == "stop"  # queue empty: default
+    assert [c.fault for c in server.calls] == ["429", "refusal", "ok"]
+    with pytest.raises(ValueError, match="unknown faults"):
+        server.script(["teapot"])
+
+
+def test_answer_marker_forces_the_exact_content(client: openai.OpenAI) -> None:
+    forced = {"category": "technical", "due": "2026-02-01", "items": [], "confidence": 0.3}
+    response = ask(client, f"pinned {answer_marker(forced)}")
+    assert json.loads(content(response)) == forced
+    verbatim = ask(client, f"raw {answer_marker('not json at all')}")
+    assert content(verbatim) == "not json at all"
+
+
+def test_unknown_fault_and_streaming_are_rejected(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="unknown fault"):
+        ask(client, "[[fault:teapot]]")
+    with pytest.raises(openai.BadRequestError, match="streaming"):
+        client.chat.completions.create(
+            model="fault-test", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+
+
+def test_calls_record_tokens_and_status(client: openai.OpenAI, server: FaultServer) -> None:
+    user = "count my tokens " + fault_marker("ok", "429")
+    response = ask(client, user)
+    with pytest.raises(openai.RateLimitError):
+        ask(client, user)
+    ok, limited = server.calls
+    chars = len("Triage the ticket.") + len(user)
+    assert response.usage is not None
+    assert ok.prompt_tokens == response.usage.prompt_tokens == chars // 4
+    assert ok.completion_tokens == response.usage.completion_tokens == len(content(response)) // 4
+    assert response.usage.total_tokens == ok.prompt_tokens + ok.completion_tokens
+    assert (ok.fault, ok.status) == ("ok", 200)
+    assert (limited.fault, limited.status, limited.prompt_tokens) == ("429", 429, 0)
+    assert ok.messages[1] == {"role": "user", "content": user}
+
+
+async def test_async_client_on_another_loop(server: FaultServer) -> None:
+    """The server's loop is its own: an AsyncOpenAI on the test's loop can call it."""
+    async with openai.AsyncOpenAI(
+        base_url=server.base_url, api_key="x", max_retries=0, timeout=5.0
+    ) as client:
+        server.script(["500", "ok"])
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "hi"}]
+            )
+        response = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert response.choices[0].message.content == "ok"
+
+
+def test_cli_serves_until_sigterm() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "tests.fault_server", "--port", "0", "--default", "refusal"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        found = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+/v1)\n", line)
+        assert found, line
+        with openai.OpenAI(base_url=found.group(1), api_key="x", max_retries=0) as client:
+            assert ask(client, "hello").choices[0].message.refusal == REFUSAL_TEXT
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+
+
+# -- schema instances ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("schema", "expected"),
+    [
+        ({"type": "string", "minLength": 4}, "xxxx"),
+        ({"type": "string", "format": "date"}, "2026-01-15"),
+        ({"type": "string", "enum": ["b", "a"]}, "b"),
+        ({"const": 7}, 7),
+        ({"type": ["string", "null"]}, "x"),
+        ({"type": "null"}, None),
+        ({"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 3}]}, 3),
+        ({"oneOf": [{"type": "null"}]}, None),
+        ({"type": "integer"}, 0),
+        ({"type": "integer", "exclusiveMinimum": 4}, 5),
+        ({"type": "number"}, 0.9),
+        ({"type": "number", "minimum": 0, "maximum": 0.5}, 0.5),
+        ({"type": "number", "minimum": 10, "maximum": 20}, 10.0),
+        ({"type": "number", "exclusiveMinimum": 0.5, "exclusiveMaximum": 0.75}, 0.625),
+        ({"type": "boolean"}, False),
+        ({"type": "array", "items": {"type": "boolean"}}, []),
+        ({"type": "array", "items": {"type": "boolean"}, "minItems": 2}, [False, False]),
+        (
+            {
+                "type": "object",
+                "properties": {"a": {"$ref": "#/definitions/A"}, "confidence": {"type": "number"}},
+                "required": ["a", "b"],
+                "definitions": {"A": {"allOf": [{"$ref": "#/$defs/B"}]}},
+                "$defs": {"B": {"type": "object", "properties": {"c": {"type": "integer"}}}},
+            },
+            {"a": {"c": 0}, "confidence": 0.9, "b": "x"},
+        ),
+    ],
+)
+def test_example_instance(schema: dict[str, Any], expected: Any) -> None:
+    assert example_instance(schema) == expected
+
+
+def test_example_instance_rejects_remote_refs() -> None:
+    with pytest.raises(ValueError, match="local"):
+        example_instance({"$ref": "https://example.com/schema.json"})
