@@ -7,6 +7,8 @@ not invent a topic) and because faust does not create an agent's source topic it
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import structlog
 from aiokafka import TopicPartition
@@ -19,12 +21,50 @@ from streams.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-async def partitions(settings: Settings, topics: list[str]) -> list[TopicPartition]:
-    """Every partition of ``topics``, from the cluster's metadata."""
+def _not_ready(described: list[dict[str, Any]], topics: list[str]) -> list[str]:
+    """Why ``described`` is not yet the full, led picture of ``topics`` (empty: it is)."""
+    problems = []
+    seen = {t["topic"]: t for t in described}
+    for name in topics:
+        topic = seen.get(name)
+        if topic is None or topic["error_code"]:
+            problems.append(f"{name}: error {topic['error_code'] if topic else 'missing'}")
+        elif not topic["partitions"]:
+            problems.append(f"{name}: no partitions yet")
+        else:
+            leaderless = [p["partition"] for p in topic["partitions"] if p["leader"] < 0]
+            if leaderless:
+                problems.append(f"{name}: partitions {leaderless} have no leader")
+    return problems
+
+
+async def _describe_ready(
+    admin: AIOKafkaAdminClient, topics: list[str], timeout_s: float
+) -> list[dict[str, Any]]:
+    """Describe ``topics`` once every partition has a leader.
+
+    Right after creation a broker can answer with some partitions missing or leaderless; a
+    consumer assigned from that answer would silently never read the missing ones.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described: list[dict[str, Any]] = await admin.describe_topics(topics)
+        problems = _not_ready(described, topics)
+        if not problems:
+            return described
+        if time.monotonic() > deadline:
+            raise ConfigError(f"topics not ready after {timeout_s}s: {'; '.join(problems)}")
+        await asyncio.sleep(0.2)
+
+
+async def partitions(
+    settings: Settings, topics: list[str], *, timeout_s: float = 30.0
+) -> list[TopicPartition]:
+    """Every partition of ``topics``, from the cluster's metadata, once all have leaders."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
-        described = await admin.describe_topics(topics)
+        described = await _describe_ready(admin, topics, timeout_s)
     finally:
         await admin.close()
     return sorted(
@@ -56,6 +96,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
                 if code and code != TopicAlreadyExistsError.errno:
                     raise ConfigError(f"cannot create topic {name}: error {code} {message}")
             log.info("topics.created", topics=wanted, partitions=settings.topic_partitions)
+            await _describe_ready(admin, wanted, timeout_s)
         return wanted
     finally:
         await admin.close()
