@@ -92,10 +92,6 @@ class Completion(Generic[OutT]):
     issues: list[str]
     logprobs: list[TokenProb]
 
-    @property
-    def attempts(self) -> int:
-        return self.usage.attempts
-
 
 Validator = Callable[[Any], list[str]]
 

@@ -16,7 +16,7 @@ import faust
 import structlog
 
 from streams.meta import Meta
-from streams.pipeline import InvoicePipeline, Outcome, Pipeline, TicketPipeline
+from streams.pipeline import InvoicePipeline, Outcome, TicketPipeline
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -75,7 +75,7 @@ def create_app(settings: Settings, tickets: TicketPipeline, invoices: InvoicePip
             )
             os._exit(EXIT_EMIT_FAILED)
 
-    async def run(pipeline: Pipeline, stream: Any) -> None:
+    async def run(pipeline: TicketPipeline | InvoicePipeline, stream: Any) -> None:
         async for event in stream.events():
             meta = meta_of(event)
             with structlog.contextvars.bound_contextvars(

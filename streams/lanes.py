@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from pydantic import BaseModel
 
 from schemas.records import DeadLetter, InvoiceExtracted, TicketTriaged
@@ -51,31 +50,14 @@ def lane_topics(settings: Settings) -> dict[str, str]:
     }
 
 
-async def end_offsets(
-    settings: Settings, topics: list[str], *, attempts: int = 5
-) -> dict[TopicPartition, int]:
-    """Where each partition ends now: read from here to see only what comes next.
-
-    Retried briefly: right after topics are created, a fresh broker may not have elected their
-    leaders yet, and the offset request fails with a retriable Kafka error.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return await _end_offsets(settings, topics)
-        except KafkaError as exc:
-            if not exc.retriable or attempt == attempts:
-                raise
-            await asyncio.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")
-
-
-async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
+async def end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
+    """Where each partition ends now: read from here to see only what comes next."""
     tps = await partitions(settings, topics)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
     await consumer.start()
     # aiokafka 0.14 (issue aio-libs/aiokafka#647, open): stop() cancels and awaits a task that
-    # start() created; if that task never ran, the await raises CancelledError out of stop(),
-    # hiding whatever error ended the try block. One turn of the event loop lets it start.
+    # start() created; if that task never ran (end_offsets did no I/O), the await raises
+    # CancelledError out of stop(). One turn of the event loop lets it start.
     await asyncio.sleep(0)
     try:
         return dict(await consumer.end_offsets(tps))

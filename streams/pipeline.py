@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Generic, TypeVar
 
 import structlog
 from pydantic import BaseModel
 
-from agents.invoice import InvoiceExtractionAgent
+from agents.invoice import CENT, InvoiceExtractionAgent
 from agents.triage import TicketTriageAgent
 from schemas.codec import Codec
-from schemas.errors import ModelBehaviorError
 from schemas.events import DocumentReceived, TicketReceived, parse_event, peek_event_id
 from schemas.records import (
     AgentInfo,
@@ -34,6 +34,8 @@ from streams.router import Decision, route
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+AgentT = TypeVar("AgentT", TicketTriageAgent, InvoiceExtractionAgent)
 
 #: Headers copied from input to output so one trace follows an event through every topic.
 PROPAGATED_HEADERS = ("traceparent", "tracestate")
@@ -52,12 +54,13 @@ class Outcome:
     reason: str
 
 
-class Pipeline:
+class Pipeline(Generic[AgentT]):
     """The shared shape of a flow: parse, run the agent, route, encode — or dead-letter."""
 
     flow = "flow"
 
-    def __init__(self, settings: Settings, codec: Codec | None) -> None:
+    def __init__(self, agent: AgentT, settings: Settings, codec: Codec | None = None) -> None:
+        self.agent: AgentT = agent
         self.codec = codec or Codec()
         self.threshold = settings.auto_threshold
         self.topics = settings.topics
@@ -96,10 +99,9 @@ class Pipeline:
                 extra_headers=deadletter.headers(dl),
             )
 
-    def agent_info(
-        self, agent: TicketTriageAgent | InvoiceExtractionAgent, model: str, prompt: str
-    ) -> AgentInfo:
-        return AgentInfo(name=agent.name, version=agent.version, model=model, prompt_version=prompt)
+    def agent_info(self, model: str, prompt: str) -> AgentInfo:
+        a = self.agent
+        return AgentInfo(name=a.name, version=a.version, model=model, prompt_version=prompt)
 
     def route_info(self, decision: Decision) -> Route:
         return Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold)
@@ -136,14 +138,8 @@ def source_of(meta: Meta) -> Source:
     return Source(topic=meta.topic, partition=meta.partition, offset=meta.offset)
 
 
-class TicketPipeline(Pipeline):
+class TicketPipeline(Pipeline[TicketTriageAgent]):
     flow = "tickets"
-
-    def __init__(
-        self, agent: TicketTriageAgent, settings: Settings, codec: Codec | None = None
-    ) -> None:
-        super().__init__(settings, codec)
-        self.agent = agent
 
     def lane_topic(self, lane: str) -> str:
         return self.topics.tickets_auto if lane == "auto" else self.topics.tickets_review
@@ -165,7 +161,7 @@ class TicketPipeline(Pipeline):
             priority=a.priority,
             summary=a.summary,
             confidence=t.confidence.score,
-            agent=self.agent_info(self.agent, t.model, t.prompt_version),
+            agent=self.agent_info(t.model, t.prompt_version),
             route=self.route_info(decision),
             usage=t.completion.usage,
             source=source_of(meta),
@@ -181,14 +177,8 @@ class TicketPipeline(Pipeline):
         return record, decision
 
 
-class InvoicePipeline(Pipeline):
+class InvoicePipeline(Pipeline[InvoiceExtractionAgent]):
     flow = "invoices"
-
-    def __init__(
-        self, agent: InvoiceExtractionAgent, settings: Settings, codec: Codec | None = None
-    ) -> None:
-        super().__init__(settings, codec)
-        self.agent = agent
 
     def lane_topic(self, lane: str) -> str:
         return self.topics.invoices_auto if lane == "auto" else self.topics.invoices_review
@@ -220,7 +210,7 @@ class InvoicePipeline(Pipeline):
             total=fit(a.total, CENT),
             field_confidence=x.field_confidence,
             confidence=x.confidence.score,
-            agent=self.agent_info(self.agent, x.model, x.prompt_version),
+            agent=self.agent_info(x.model, x.prompt_version),
             route=self.route_info(decision),
             usage=x.completion.usage,
             source=source_of(meta),
@@ -233,14 +223,10 @@ class InvoicePipeline(Pipeline):
         return record, decision
 
 
-CENT = Decimal("0.01")
 QUANTITY = Decimal("0.001")
-#: decimal(18, 2) holds 16 integer digits; a model that prints more is not describing an invoice.
-LIMIT = Decimal(10) ** 15
 
 
 def fit(value: Decimal, step: Decimal) -> Decimal:
-    """Round to the Avro scale; refuse absurd magnitudes as invalid model output."""
-    if not value.is_finite() or abs(value) >= LIMIT:
-        raise ModelBehaviorError(f"amount {value} cannot be an invoice amount")
+    """Round to the Avro scale. The agent's schema already bounds amounts below 1e15 (finite),
+    so the result fits decimal(18, 2) and decimal(12, 3)."""
     return value.quantize(step, rounding=ROUND_HALF_UP)
