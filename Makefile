@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up registry down demo test test-unit lint bench eval schemas-check clean
+.PHONY: help setup up registry down demo test test-unit lint bench eval soak schemas-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ bench: setup ## benchmarks that print measured ratios (codec: Avro vs JSON)
 
 eval: setup ## agent quality on the labeled samples (evals/): valid rate, field accuracy, latency, tokens
 	$(BIN)/python -m benchmarks.agents_eval
+
+soak: setup up ## 500 events through a worker on the local model; worker RSS must stay flat
+	$(BIN)/python -m benchmarks.soak --events $${SOAK_EVENTS:-500}
 
 schemas-check: setup ## drift between models and .avsc, and compatibility with released schemas
 	$(BIN)/sluice schemas check

@@ -17,7 +17,7 @@ from pathlib import Path
 from pypdf import PdfReader
 from pypdf.errors import PyPdfError
 
-from schemas.errors import InvalidInput, UndecodableInput
+from schemas.errors import InputTooLarge, InvalidInput, UndecodableInput
 from schemas.events import ContentType, DocumentReceived
 
 MAX_PAGES = 20
@@ -36,9 +36,10 @@ def _read_allowlisted(relative: str, root: Path | None) -> bytes:
     base = root.resolve()
     target = (base / relative).resolve()
     if not target.is_relative_to(base):
-        raise InvalidInput(f"path {relative!r} is outside the document directory")
+        # Messages name the problem, not the path: event values stay out of logs and dead letters.
+        raise InvalidInput("path is outside the document directory")
     if not target.is_file():
-        raise InvalidInput(f"no document at {relative!r} in the document directory")
+        raise InvalidInput("no document at that path in the document directory")
     return target.read_bytes()
 
 
@@ -46,10 +47,14 @@ def pdf_text(data: bytes) -> str:
     try:
         reader = PdfReader(io.BytesIO(data))
         if len(reader.pages) > MAX_PAGES:
-            raise InvalidInput(f"PDF has {len(reader.pages)} pages; at most {MAX_PAGES} are read")
+            raise InputTooLarge(f"PDF has {len(reader.pages)} pages; at most {MAX_PAGES} are read")
         text = "\n".join(page.extract_text() or "" for page in reader.pages)
-    except (PyPdfError, ValueError, KeyError, TypeError) as exc:
-        raise UndecodableInput(f"not a readable PDF: {type(exc).__name__}: {exc}") from exc
+    except InputTooLarge:
+        raise
+    except (PyPdfError, RecursionError, Exception) as exc:
+        # pypdf raises anything from KeyError to RecursionError on a malformed file; whatever it
+        # is, the document is what's broken, not the worker.
+        raise UndecodableInput(f"not a readable PDF: {type(exc).__name__}: {exc}"[:300]) from None
     if not text.strip():
         raise InvalidInput("the PDF has no text layer (a scan?); OCR is not supported")
     return text
@@ -66,7 +71,7 @@ def load(event: DocumentReceived, root: Path | None) -> Document:
             try:
                 data = base64.b64decode(event.content_base64 or "", validate=True)
             except (binascii.Error, ValueError) as exc:
-                raise UndecodableInput(f"content_base64 is not base64: {exc}") from exc
+                raise UndecodableInput(f"content_base64 is not base64: {exc}") from None
         sniffed: ContentType = "application/pdf" if data[:5] == b"%PDF-" else "text/plain"
         kind = event.content_type or sniffed
     if kind == "application/pdf":
@@ -75,9 +80,11 @@ def load(event: DocumentReceived, root: Path | None) -> Document:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise UndecodableInput(f"text document is not UTF-8: {exc}") from exc
+            raise UndecodableInput(
+                f"text document is not UTF-8: {exc.reason} at byte {exc.start}"
+            ) from None
     if not text.strip():
         raise InvalidInput("the document is empty")
     if len(text) > MAX_CHARS:
-        raise InvalidInput(f"document text has {len(text)} characters; the limit is {MAX_CHARS}")
+        raise InputTooLarge(f"document text has {len(text)} characters; the limit is {MAX_CHARS}")
     return Document(text=text, content_type=kind)

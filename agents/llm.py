@@ -12,7 +12,24 @@ Two loops, both bounded, inside one deadline and one token budget:
   problems spelled out, at most ``max_validation_attempts`` answers.
 
 Refusal, truncation and content filtering end the call at once with their own errors. Every call
-is booked in a :class:`~agents.usage.Ledger`, failed ones included.
+is booked in a :class:`~agents.usage.Ledger`, failed ones included, and every error raised after a
+call carries that usage.
+
+**The context window.** A request that cannot fit the model's context is never sent: where the
+window is known (``context_tokens``; the local model's is read from its server) the prompt is
+measured before each call — exactly by the local server's own template and tokenizer
+(``/apply-template`` + ``/tokenize``), by the high chars/3 estimate elsewhere — and the call refused
+with :class:`ContextExceeded` if prompt + ``max_tokens`` would overflow. A re-ask, which appends the
+previous answer and its problems, is sized the same way: if it would not fit (context or budget) a
+compact re-ask (the original messages and the problems, without the previous answer) is tried, and
+if that does not fit either, the business-invalid answer in hand goes to review or the event ends
+with ContextExceeded (or BudgetExceeded). Where the window is unknown, the provider's own refusal
+(HTTP 400 naming the context) and a generation cut short by a full context (``finish_reason``
+``length`` below ``max_tokens``) map to ContextExceeded too, never to ConfigError or Truncated.
+
+Nothing here logs or raises with message contents: log lines carry counts and outcomes, errors the
+provider's own message (cut to :data:`PROVIDER_MESSAGE_CHARS`) and the problems found in the
+model's answer.
 """
 
 from __future__ import annotations
@@ -20,13 +37,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 import structlog
@@ -36,11 +55,14 @@ from agents.confidence import TokenProb
 from agents.local_model import LOCAL_MODEL_ALIAS, LocalModelServer
 from agents.usage import DEFAULT_PRICES, Ledger, Price, estimate_tokens
 from schemas.errors import (
-    ConfigError,
+    AgentError,
+    BudgetExceeded,
     ContentFiltered,
+    ContextExceeded,
     ModelBehaviorError,
     ProviderError,
     Refusal,
+    RequestRejected,
     Truncated,
 )
 from schemas.records import AttemptOutcome, Usage
@@ -49,13 +71,23 @@ log = structlog.get_logger(__name__)
 
 OutT = TypeVar("OutT", bound=BaseModel)
 LOCAL_REPEAT_PENALTY = 1.1
+#: A provider's error message is kept in our errors up to this length: enough to say what was
+#: wrong, too short to carry back a request some provider chose to echo.
+PROVIDER_MESSAGE_CHARS = 300
+#: How providers say "the prompt does not fit": OpenAI's error code, llama.cpp's error type, and
+#: the wording of both and of vLLM ("maximum context length", "exceeds the available context size").
+CONTEXT_CODES = frozenset({"context_length_exceeded", "exceed_context_size_error"})
+_CONTEXT_WORDS = re.compile(r"context (length|size|window)|maximum context", re.IGNORECASE)
+#: Why a call cannot be sent: it would overflow the context window, or the token budget.
+Blocked = Literal["context", "budget"]
 
 
 @dataclass(frozen=True)
 class LLMConfig:
     """What the LLM layer needs to know; built from the app's settings by the caller."""
 
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    """A secret: left out of ``repr`` so a logged or printed config never shows it."""
     base_url: str | None = None
     model: str = "gpt-4o-mini"
     timeout_s: float = 30.0
@@ -71,10 +103,17 @@ class LLMConfig:
     logprobs: bool = True
     """Ask for token logprobs (measured confidence); turn off for providers that reject them."""
     prices: dict[str, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    context_tokens: int | None = None
+    """The model's context window per request (prompt + answer); None: unknown, the provider
+    decides. Ignored for the local model, whose window is what its server gives each slot."""
     local_model_path: Path | None = None
     local_threads: int = 2
-    local_context: int = 4096
+    local_context: int = 8192
+    """The local server's whole KV cache (``n_ctx``), split evenly between its slots."""
     local_parallel: int = 2
+    """Requests the local server decodes at once, each in its own slot."""
+    local_cache_mib: int = 0
+    """RAM for the local server's prompt cache, MiB; 0: off."""
 
 
 @dataclass
@@ -124,6 +163,47 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
     return None
 
 
+class _Rendered(openai.BaseModel):
+    """llama.cpp's ``/apply-template`` answer: the conversation as the model will read it."""
+
+    prompt: str
+
+
+class _Tokens(openai.BaseModel):
+    """llama.cpp's ``/tokenize`` answer."""
+
+    tokens: list[Any]
+
+
+def _provider_message(exc: openai.APIStatusError) -> str:
+    """The provider's own message for a failed call, without the request and cut short."""
+    body = exc.body
+    message = body.get("message") if isinstance(body, dict) else None
+    text = message if isinstance(message, str) and message else exc.message
+    if len(text) > PROVIDER_MESSAGE_CHARS:
+        text = text[:PROVIDER_MESSAGE_CHARS] + "..."
+    return text
+
+
+def _is_context_refusal(exc: openai.APIStatusError) -> bool:
+    """Whether a 4xx says the request does not fit the model's context window."""
+    if exc.code in CONTEXT_CODES or exc.type in CONTEXT_CODES:
+        return True
+    return bool(_CONTEXT_WORDS.search(_provider_message(exc)))
+
+
+def _redacted(url: str | None) -> str | None:
+    """``url`` without user or password, for logs."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _problems(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:10]
@@ -151,13 +231,17 @@ class LLMClient:
         self._local: LocalModelServer | None = None
         self._client: openai.AsyncOpenAI | None = None
         self.model = config.model
+        #: Tokens one request may use, prompt and answer together; None: unknown.
+        self.context_tokens = config.context_tokens
+        #: The local server's own endpoints (``/tokenize``), where prompts are measured exactly.
+        self._tokenizer_url: str | None = None
         #: Sampling knobs only the local llama.cpp server understands; none for other providers.
         self._extra_body: dict[str, Any] | None = None
 
     @property
     def provider(self) -> str:
         if self.config.api_key or self.config.base_url:
-            return f"openai-compatible:{self.config.base_url or 'api.openai.com'}"
+            return f"openai-compatible:{_redacted(self.config.base_url) or 'api.openai.com'}"
         return "local"
 
     def start(self) -> None:
@@ -168,10 +252,13 @@ class LLMClient:
                 threads=self.config.local_threads,
                 context=self.config.local_context,
                 parallel=self.config.local_parallel,
+                cache_mib=self.config.local_cache_mib,
             )
             self._local.start()
             base_url = self._local.base_url
             self.model = LOCAL_MODEL_ALIAS
+            self.context_tokens = self._local.slot_context
+            self._tokenizer_url = self._local.root_url
             # Greedy decoding sends a 135M model into loops ("1.1.1.1..." until max_tokens); a
             # mild penalty over the last 64 tokens breaks most of them without bending the JSON.
             self._extra_body = {"repeat_penalty": LOCAL_REPEAT_PENALTY, "repeat_last_n": 64}
@@ -181,7 +268,14 @@ class LLMClient:
             max_retries=0,
             timeout=self.config.timeout_s,
         )
-        log.info("llm.provider", provider=self.provider, model=self.model, base_url=base_url)
+        log.info(
+            "llm.provider",
+            provider=self.provider,
+            model=self.model,
+            base_url=_redacted(base_url),
+            context_tokens=self.context_tokens,
+            prompt_measure="tokenizer" if self._tokenizer_url else "estimate",
+        )
 
     async def close(self) -> None:
         if self._client is not None:
@@ -201,8 +295,11 @@ class LLMClient:
 
         ``validate`` returns business-rule problems of a schema-valid answer (empty: fine).
         Raises :class:`ProviderError` when transient failures outlast ``max_attempts`` or the
-        deadline, :class:`ModelBehaviorError` (or Refusal/Truncated/ContentFiltered) for unusable
-        answers, :class:`BudgetExceeded` before a call that could overshoot the token budget.
+        deadline, :class:`RequestRejected` when the provider refuses the request itself,
+        :class:`ContextExceeded` when prompt + ``max_tokens`` cannot fit the context window,
+        :class:`ModelBehaviorError` (or Refusal/Truncated/ContentFiltered) for unusable answers,
+        :class:`BudgetExceeded` before a call that could overshoot the token budget. Every error
+        raised after a call carries the usage of every call.
         """
         if self._client is None:
             raise ProviderError("LLM client not started")
@@ -210,16 +307,22 @@ class LLMClient:
         ledger = Ledger(self.model, cfg.prices, cfg.token_budget)
         deadline = ledger.started + cfg.deadline_s
         conversation = list(messages)
+        prompt_need = await self._prompt_tokens(conversation, deadline)
+        if self._blocked(ledger, prompt_need, max_tokens) == "context":
+            raise ContextExceeded(
+                self._overflow(prompt_need, max_tokens, "the prompt"), usage=ledger.usage()
+            )
         transient = invalid = 0
         #: The last schema-valid answer that broke business rules: better than nothing at the end.
         fallback: Completion[OutT] | None = None
         while True:
-            ledger.check_before_call(estimate_tokens(conversation) + max_tokens)
+            ledger.check_before_call(prompt_need + max_tokens)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ProviderError(f"deadline of {cfg.deadline_s}s spent", usage=ledger.usage())
             began = time.monotonic()
             failure: tuple[AttemptOutcome, str, float | None] | None = None
+            cause: Exception | None = None
             try:
                 response = await self._client.chat.completions.create(  # type: ignore[call-overload]
                     model=self.model,
@@ -238,23 +341,21 @@ class LLMClient:
                     f"no answer within {min(cfg.timeout_s, remaining):.1f}s",
                     None,
                 )
-                cause: Exception = exc
+                cause = exc
             except openai.APIConnectionError as exc:
                 failure = ("connection_error", f"{type(exc).__name__}: {exc}", None)
                 cause = exc
             except openai.RateLimitError as exc:
-                failure = ("rate_limited", f"429: {exc.message}", _retry_after(exc))
+                failure = ("rate_limited", f"429: {_provider_message(exc)}", _retry_after(exc))
                 cause = exc
             except openai.APIStatusError as exc:
                 if exc.status_code < 500 and exc.status_code not in (408, 409):
-                    ledger.record("bad_request", 0, 0, _ms(began))
-                    # 400/401/403/404: a wrong key, model name or parameter. Not the event's fault
-                    # and no retry fixes it.
-                    raise ConfigError(
-                        f"provider rejected the request (HTTP {exc.status_code}): {exc.message}"
-                    ) from exc
-                failure = ("server_error", f"HTTP {exc.status_code}: {exc.message}", None)
-                cause = exc
+                    raise self._rejected(exc, ledger, began) from exc
+                message = f"HTTP {exc.status_code}: {_provider_message(exc)}"
+                failure, cause = ("server_error", message, None), exc
+            else:
+                if not response.choices:  # a provider glitch, not an answer: retried like a 5xx
+                    failure = ("server_error", "the answer has no choices", None)
             if failure is not None:
                 outcome, message, retry_after = failure
                 ledger.record(outcome, 0, 0, _ms(began))
@@ -275,11 +376,15 @@ class LLMClient:
                 continue
 
             usage = response.usage
-            prompt = usage.prompt_tokens if usage else estimate_tokens(conversation)
+            prompt = usage.prompt_tokens if usage else prompt_need
             completion = usage.completion_tokens if usage else max_tokens
             choice = response.choices[0]
             raw = choice.message.content or ""
             verdict, problems, value = self._judge(choice, raw, response_model, validate)
+            if verdict == "truncated" and completion < max_tokens:
+                # Stopped for length before max_tokens: the context filled up (llama.cpp ends a
+                # slot's generation there), so a larger max_tokens would not have helped.
+                verdict = "context_exceeded"
             ledger.record(verdict, prompt, completion, _ms(began))
             log.info(
                 "llm.call",
@@ -289,6 +394,13 @@ class LLMClient:
                 completion_tokens=completion,
                 latency_ms=ledger.entries[-1].latency_ms,
             )
+            if verdict == "context_exceeded":
+                raise ContextExceeded(
+                    f"the context filled up after {completion} answer tokens (max_tokens="
+                    f"{max_tokens}, prompt {prompt} tokens)",
+                    usage=ledger.usage(),
+                    last_output=raw,
+                )
             if verdict == "truncated":
                 raise Truncated(
                     f"output truncated at max_tokens={max_tokens}",
@@ -302,11 +414,8 @@ class LLMClient:
                     last_output=raw,
                 )
             if verdict == "refused":
-                raise Refusal(
-                    f"model refused: {choice.message.refusal!r}",
-                    usage=ledger.usage(),
-                    last_output=raw,
-                )
+                refusal = str(choice.message.refusal)[:PROVIDER_MESSAGE_CHARS]
+                raise Refusal(f"model refused: {refusal!r}", usage=ledger.usage(), last_output=raw)
             ledger.check_after_call()
             if value is not None:
                 answer = Completion(value, raw, ledger.usage(), invalid, problems, _tokens(choice))
@@ -323,11 +432,130 @@ class LLMClient:
                     usage=ledger.usage(),
                     last_output=raw,
                 )
-            log.info("llm.reask", attempt=len(ledger.entries), problems=problems)
-            conversation += [
-                {"role": "assistant", "content": raw},
-                {"role": "user", "content": reask_message(problems)},
-            ]
+            reask, prompt_need, blocked = await self._reask(
+                messages, conversation, raw, problems, max_tokens, ledger, deadline
+            )
+            if reask is None:
+                log.info("llm.reask_skipped", attempt=len(ledger.entries), blocked=blocked)
+                if fallback is not None:  # the answer in hand goes to review, unsent re-ask
+                    fallback.usage = ledger.usage()
+                    return fallback
+                raise self._no_room(blocked, prompt_need, max_tokens, ledger, raw)
+            log.info(
+                "llm.reask",
+                attempt=len(ledger.entries),
+                problems=problems,
+                compact=len(reask) == len(messages) + 1,
+                prompt_tokens=prompt_need,
+            )
+            conversation = reask
+
+    async def _reask(
+        self,
+        messages: list[dict[str, str]],
+        conversation: list[dict[str, str]],
+        raw: str,
+        problems: list[str],
+        max_tokens: int,
+        ledger: Ledger,
+        deadline: float,
+    ) -> tuple[list[dict[str, str]] | None, int, Blocked | None]:
+        """The next conversation after an invalid answer, its measured prompt, or why none fits.
+
+        The full re-ask shows the model its answer and the problems. If that would overflow the
+        context or the budget, the compact one asks again from the original messages with only the
+        problems: cheaper, and still tells the model what to fix. Returns ``(None, prompt, why)``
+        with the compact re-ask's size when neither may be sent.
+        """
+        full = [
+            *conversation,
+            {"role": "assistant", "content": raw},
+            {"role": "user", "content": reask_message(problems)},
+        ]
+        prompt = await self._prompt_tokens(full, deadline)
+        if self._blocked(ledger, prompt, max_tokens) is None:
+            return full, prompt, None
+        compact = [*messages, {"role": "user", "content": reask_message(problems, compact=True)}]
+        prompt = await self._prompt_tokens(compact, deadline)
+        blocked = self._blocked(ledger, prompt, max_tokens)
+        return (compact if blocked is None else None), prompt, blocked
+
+    def _blocked(self, ledger: Ledger, prompt: int, max_tokens: int) -> Blocked | None:
+        """Why a call with this prompt may not be sent, or None if it may."""
+        if self.context_tokens is not None and prompt + max_tokens > self.context_tokens:
+            return "context"
+        if not ledger.allows(prompt + max_tokens):
+            return "budget"
+        return None
+
+    def _overflow(self, prompt: int, max_tokens: int, what: str) -> str:
+        return (
+            f"{what} ({prompt} tokens) plus max_tokens={max_tokens} does not fit the context "
+            f"window of {self.context_tokens} tokens"
+        )
+
+    def _no_room(
+        self, blocked: Blocked | None, prompt: int, max_tokens: int, ledger: Ledger, raw: str
+    ) -> AgentError:
+        """The error for an invalid answer that may not be re-asked, with every call's usage."""
+        if blocked == "context":
+            return ContextExceeded(
+                self._overflow(prompt, max_tokens, "even the compact re-ask"),
+                usage=ledger.usage(),
+                last_output=raw,
+            )
+        return BudgetExceeded(
+            f"token budget {ledger.budget}: {ledger.spent} spent, even the compact re-ask could "
+            f"take up to {prompt + max_tokens} more",
+            usage=ledger.usage(),
+            last_output=raw,
+        )
+
+    def _rejected(self, exc: openai.APIStatusError, ledger: Ledger, began: float) -> AgentError:
+        """A 4xx other than 408/409/429: the request itself is refused; no retry fixes it."""
+        message = _provider_message(exc)
+        if _is_context_refusal(exc):
+            ledger.record("context_exceeded", 0, 0, _ms(began))
+            return ContextExceeded(
+                f"the provider says the request exceeds the context window (HTTP "
+                f"{exc.status_code}): {message}",
+                usage=ledger.usage(),
+            )
+        # 400/401/403/404: a wrong key, model name or parameter. Not the event's fault.
+        ledger.record("bad_request", 0, 0, _ms(began))
+        return RequestRejected(
+            f"provider rejected the request (HTTP {exc.status_code}): {message}",
+            usage=ledger.usage(),
+        )
+
+    async def _prompt_tokens(self, conversation: list[dict[str, str]], deadline: float) -> int:
+        """The prompt's size in tokens: exact from the local server, else the high estimate.
+
+        The local server renders the conversation with its own chat template and counts it with
+        its own tokenizer, so a call it would refuse for size is refused here first, and one it
+        would take is never refused on a guess. Two loopback requests of a few ms each; if either
+        fails, the estimate is used (it errs on the side of refusing).
+        """
+        if self._tokenizer_url is None or self._client is None:
+            return estimate_tokens(conversation)
+        timeout = max(0.1, min(5.0, deadline - time.monotonic()))
+        try:
+            rendered = await self._client.post(
+                f"{self._tokenizer_url}/apply-template",
+                cast_to=_Rendered,
+                body={"messages": conversation},
+                options={"timeout": timeout, "max_retries": 0},
+            )
+            counted = await self._client.post(
+                f"{self._tokenizer_url}/tokenize",
+                cast_to=_Tokens,
+                body={"content": rendered.prompt, "add_special": True, "parse_special": True},
+                options={"timeout": timeout, "max_retries": 0},
+            )
+            return len(counted.tokens)
+        except (openai.APIError, AttributeError, TypeError, ValueError) as exc:
+            log.warning("llm.measure_failed", error=type(exc).__name__)
+            return estimate_tokens(conversation)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """The server's ``retry-after`` if it gave one, else capped exponential with jitter."""
@@ -363,11 +591,20 @@ class LLMClient:
         return ("business_invalid" if problems else "ok"), problems, value
 
 
-def reask_message(problems: list[str]) -> str:
-    """What the model is told after an invalid answer: exactly what was wrong, and what to do."""
+def reask_message(problems: list[str], *, compact: bool = False) -> str:
+    """What the model is told after an invalid answer: exactly what was wrong, and what to do.
+
+    ``compact``: the previous answer is not in the conversation (it would not fit), so the message
+    says so rather than refer to an answer the model cannot see.
+    """
     listed = "\n".join(f"- {p}" for p in problems)
+    lead = (
+        "Your previous answer (not repeated here) was rejected:"
+        if compact
+        else "Your previous answer was rejected:"
+    )
     return (
-        "Your previous answer was rejected:\n"
+        f"{lead}\n"
         f"{listed}\n"
         "Answer again with one JSON object that fixes every problem above and follows the schema. "
         "Copy values from the input; do not invent them. Output only the JSON."

@@ -26,9 +26,9 @@ from schemas.records import (
     TicketPriority,
 )
 
-PROMPT_VERSION = "ticket_triage.v2"
+PROMPT_VERSION = "ticket_triage.v3"
 AGENT_NAME = "ticket-triage"
-AGENT_VERSION = "0.2.0"
+AGENT_VERSION = "0.3.0"
 MAX_TOKENS = 360
 
 
@@ -80,6 +80,33 @@ def business_problems(answer: TriageAnswer) -> list[str]:
     return problems
 
 
+#: What the model reads in place of an empty body: a blank where the message should be looks like a
+#: broken input, and the prompt (v3) says to judge such a ticket by its subject.
+NO_BODY = "(no message body: the subject is the whole ticket)"
+
+
+def _line(value: str | None) -> str:
+    """One line of header text: a producer's newline must not forge a header line of its own."""
+    return " ".join((value or "").split())
+
+
+def user_message(ticket: TicketReceived) -> str:
+    """The ticket as the model reads it: header lines, a blank line, then the customer's message.
+
+    The customer line carries the id and plan from the producer's systems because priority depends
+    on the plan (prompt v3); an unknown value is spelled "unknown" so the model does not guess one.
+    Pure, so tests can read exactly what a model would be sent.
+    """
+    customer = _line(ticket.customer_id) or "unknown"
+    plan = _line(ticket.customer_plan) or "unknown"
+    return (
+        f"Subject: {_line(ticket.subject) or '(none)'}\n"
+        f"Channel: {ticket.channel}\n"
+        f"Customer: {customer} (plan: {plan})\n\n"
+        f"{ticket.body or NO_BODY}"
+    )
+
+
 @dataclass(frozen=True)
 class Triage:
     """A triage answer with its measured confidence and what it cost."""
@@ -102,9 +129,11 @@ class TicketTriageAgent:
         self.system_prompt = load_prompt(prompt_version)
 
     async def triage(self, ticket: TicketReceived) -> Triage:
-        user = f"Subject: {ticket.subject}\nChannel: {ticket.channel}\n\n{ticket.body}"
         c = await self.llm.structured(
-            [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": user}],
+            [
+                {"role": "system", "content": self.system_prompt},
+                {"role": "user", "content": user_message(ticket)},
+            ],
             TriageAnswer,
             max_tokens=MAX_TOKENS,
             validate=business_problems,

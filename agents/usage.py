@@ -92,9 +92,13 @@ class Ledger:
             )
         )
 
+    def allows(self, projected: int) -> bool:
+        """Whether a call whose worst case is ``projected`` tokens stays within the budget."""
+        return self.budget is None or self.spent + projected <= self.budget
+
     def check_before_call(self, projected: int) -> None:
         """Refuse a call whose worst case would take the event past its budget."""
-        if self.budget is not None and self.spent + projected > self.budget:
+        if not self.allows(projected):
             raise BudgetExceeded(
                 f"token budget {self.budget}: {self.spent} spent, the next call could take up to "
                 f"{projected} more",

@@ -10,13 +10,18 @@ breaker and the dead-letter code read a flag instead of walking ``isinstance`` l
     ├── ConfigError              we are misconfigured: missing model file, unknown provider
     ├── InputError               the event itself is bad (poison); retrying cannot help
     │   ├── UndecodableInput     not UTF-8, not JSON, not a JSON object
-    │   └── InvalidInput         JSON that fails the event's pydantic model
+    │   ├── InvalidInput         JSON that fails the event's pydantic model
+    │   ├── InputTooLarge        over a size limit: bytes, string length, integer digits
+    │   └── InputTooDeep         JSON nested deeper than the parser's limit
     ├── CodecError               Avro encoding or decoding failed
     │   ├── UnknownSchema        a fingerprint or registry id we hold no schema for
     │   ├── CorruptRecord        a header or body that does not parse
     │   └── IncompatibleSchema   the registry refused a schema under its compatibility rule
     └── AgentError               the LLM step failed; carries every attempt's usage, last output
         ├── ProviderError        transport, 5xx, 429, timeouts (retriable)
+        ├── RequestRejected      400/401/403/404: wrong key, model or parameter (reason
+        │                        config_error: fix the deployment, then redrive)
+        ├── ContextExceeded      prompt + answer cannot fit the model's context window
         ├── BudgetExceeded       the event's token budget would be or was exceeded
         └── ModelBehaviorError   the model answered, but unusably: invalid JSON or schema after
             │                    every re-ask (not retriable as-is)
@@ -59,6 +64,21 @@ class UndecodableInput(InputError):
 
 class InvalidInput(InputError):
     """The JSON is well formed but does not satisfy the event model."""
+
+
+class InputTooLarge(InputError):
+    """The event breaks an explicit size limit: total bytes, a string's length, an integer's
+    digits. Its own reason so operators can tell "raise the limit" apart from "fix the producer".
+    """
+
+    reason = "input_too_large"
+
+
+class InputTooDeep(InputError):
+    """The JSON nests deeper than the parser allows: refused before parsing, never a
+    ``RecursionError``."""
+
+    reason = "input_too_deep"
 
 
 class CodecError(SluiceError):
@@ -109,6 +129,25 @@ class ProviderError(AgentError):
 
     retriable = True
     reason = "provider_unavailable"
+
+
+class RequestRejected(AgentError):
+    """The provider refused the request itself (HTTP 400/401/403/404): a wrong key, model name or
+    parameter. Not the event's fault and no retry fixes it; the dead letter keeps the calls made so
+    a redrive after the fix can be costed.
+    """
+
+    reason = "config_error"
+
+
+class ContextExceeded(AgentError):
+    """The prompt plus the room for an answer does not fit the model's context window.
+
+    Raised before the call where the prompt can be measured, or mapped from the provider's own
+    refusal or a generation cut short by a full context (not by ``max_tokens``).
+    """
+
+    reason = "context_exceeded"
 
 
 class BudgetExceeded(AgentError):

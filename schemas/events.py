@@ -6,14 +6,15 @@ rejected with a precise, recordable reason before any model is called.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from schemas.errors import InvalidInput, UndecodableInput
+from schemas import jsonlimits
+from schemas.errors import InputError, InputTooLarge, InvalidInput, UndecodableInput
+from schemas.jsonlimits import DEFAULT_LIMITS, Limits
 
 Channel = Literal["email", "chat", "web", "phone", "api"]
 
@@ -29,46 +30,77 @@ class TicketReceived(BaseModel):
     ticket_id: str = Field(min_length=1, max_length=128)
     """The ticket's id in the help-desk system."""
     customer_id: str | None = Field(default=None, max_length=128)
+    """The customer's id in the producer's CRM, shown to the triage model next to the plan."""
+    customer_plan: str | None = Field(default=None, max_length=40)
+    """The customer's plan or tier as the producer's billing system names it ("free", "pro",
+    "business", "enterprise"). Free text because every producer has its own plan names; bounded and
+    normalised (lower case, one line, blank means absent) because it goes into the prompt, where the
+    priority rules depend on it. Absent means unknown, not free."""
     channel: Channel = "web"
     subject: str = Field(default="", max_length=300)
-    body: str = Field(min_length=1, max_length=20_000)
+    body: str = Field(default="", max_length=20_000)
     """The customer's message. Long enough for real tickets, bounded so one event can't blow the
-    token budget."""
+    token budget. May be empty or null when the subject says it all (help desks send "Refund
+    please" as a subject with no body); a ticket with neither is refused."""
     created_at: datetime | None = None
+
+    @field_validator("subject", "body", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        # Help-desk exports write null for an empty field; it means the same as "".
+        return "" if value is None else value
+
+    @field_validator("customer_plan")
+    @classmethod
+    def _one_plan_name(cls, value: str | None) -> str | None:
+        # One lower-case line: "Enterprise\n" and "enterprise" are the same plan, and a plan name
+        # can never add a line of its own to the prompt.
+        if value is None:
+            return None
+        return " ".join(value.split()).lower() or None
+
+    @model_validator(mode="after")
+    def _some_text(self) -> TicketReceived:
+        if not self.subject and not self.body:
+            # Nothing for the model to read: triaging it would be a guess, not a triage.
+            raise ValueError("a ticket needs a non-empty subject or body; both are empty")
+        return self
 
 
 EventT = TypeVar("EventT", bound=BaseModel)
 
 
-def parse_event(raw: bytes | None, model: type[EventT]) -> EventT:
-    """Decode one JSON event, raising a precise :class:`InputError` subclass on any defect."""
-    if raw is None:
-        raise UndecodableInput("empty message value (tombstone)")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UndecodableInput(f"value is not UTF-8: {exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UndecodableInput(f"value is not JSON: {exc}") from exc
+#: pydantic error types that mean "a bound was exceeded", not "the shape is wrong".
+_SIZE_ERRORS = frozenset({"string_too_long", "too_long", "bytes_too_long"})
+
+
+def parse_event(raw: bytes | None, model: type[EventT], limits: Limits = DEFAULT_LIMITS) -> EventT:
+    """Decode one JSON event within ``limits``, raising a precise :class:`InputError` on any
+    defect. Messages name fields and constraints, never the input's values."""
+    data = jsonlimits.loads(raw, limits)
     if not isinstance(data, dict):
         raise UndecodableInput(f"value is JSON {type(data).__name__}, expected an object")
     try:
         return model.model_validate(data)
     except PydanticValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in errors
         )
-        raise InvalidInput(f"{model.__name__} invalid: {problems}") from exc
+        error = InputTooLarge if all(e["type"] in _SIZE_ERRORS for e in errors) else InvalidInput
+        # from None: pydantic's own message quotes input_value, which must not reach a dead
+        # letter's stack trace or a log line.
+        raise error(f"{model.__name__} invalid: {problems}") from None
 
 
-def peek_event_id(raw: bytes | None) -> str | None:
-    """Best-effort ``event_id`` from a value that may be invalid, so dead letters keep it."""
+def peek_event_id(raw: bytes | None, limits: Limits = DEFAULT_LIMITS) -> str | None:
+    """Best-effort ``event_id`` from a value that may be invalid, so dead letters keep it.
+
+    Never raises for bad input: an event that cannot be parsed gets a derived id instead.
+    """
     try:
-        data = json.loads(raw or b"")
-    except (ValueError, UnicodeDecodeError):
+        data = jsonlimits.loads(raw, limits)
+    except InputError:
         return None
     value = data.get("event_id") if isinstance(data, dict) else None
     return value if isinstance(value, str) and 0 < len(value) <= 128 else None

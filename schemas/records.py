@@ -38,6 +38,11 @@ DeadLetterReason = Literal[
     "output_truncated",
     "content_filtered",
     "token_budget_exceeded",
+    "input_too_large",
+    "input_too_deep",
+    "context_exceeded",
+    "outcome_unwritable",
+    "internal_error",
 ]
 #: How one LLM call ended, as the client layer classified it.
 AttemptOutcome = Literal[
@@ -53,6 +58,7 @@ AttemptOutcome = Literal[
     "refused",
     "truncated",
     "content_filtered",
+    "context_exceeded",
 ]
 
 
@@ -165,6 +171,9 @@ class DeadLetter(_Record):
     source: Source
     original_key: bytes | None
     original_value: bytes | None
+    original_size: int | None = None
+    original_sha256: str | None = None
+    original_truncated: bool = False
     original_timestamp: datetime | None
     failed_at: datetime
     usage: Usage | None = None
@@ -185,7 +194,9 @@ class InvoiceExtracted(_Record):
     event_id: str
     document_id: str
     vendor_name: str
-    invoice_number: str
+    invoice_number: str | None
+    """As printed; None when the document prints none (then in review, with a validation issue).
+    Required like ``due_date``: a pipeline that forgot to pass it must fail, not write null."""
     issue_date: date
     due_date: date | None
     currency: str

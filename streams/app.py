@@ -1,43 +1,60 @@
 """The faust app and its workers: thin shells around :mod:`streams.pipeline`.
 
-Each worker binds log context, calls ``handle`` (which never raises) and writes the one outcome,
-waiting for the broker's ack before the message is acknowledged. Processing is at-least-once;
-faust's ``exactly_once`` has open duplicate and transaction bugs, so effects get their
-exactly-once from idempotency keys instead.
+Each worker binds log context, calls ``handle`` (which never raises) and writes the one outcome
+through :class:`~streams.emit.Emitter`, waiting for the broker's ack before the message is
+acknowledged. Processing is at-least-once; faust's ``exactly_once`` has open duplicate and
+transaction bugs, so effects get their exactly-once from idempotency keys instead.
+
+faust acknowledges a message when the worker's body raises (FIELD-NOTES): an exception that left
+this shell would lose the event. So the shell itself is guarded too: anything that escapes
+``handle`` or ``emit`` is a strike against the offset (exit before the ack, or after
+``max_strikes`` a minimal dead letter), never a silent ack.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 import structlog
 
+from streams.emit import Emitter, Strikes
 from streams.meta import Meta
-from streams.pipeline import InvoicePipeline, Outcome, TicketPipeline
+from streams.outcome import Outcome
+from streams.pipeline import InvoicePipeline, TicketPipeline
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-#: Exit code when an outcome cannot be written: the process dies *before* the message is
-#: committed, so the event is redelivered instead of lost.
-EXIT_EMIT_FAILED = 70
-
 
 def _headers(raw: Any) -> tuple[tuple[str, bytes], ...]:
     items = raw.items() if isinstance(raw, dict) else (raw or [])
-    return tuple((str(k), v if isinstance(v, bytes) else str(v).encode()) for k, v in items)
+    return tuple(
+        (str(k), v if isinstance(v, bytes) else b"" if v is None else str(v).encode())
+        for k, v in items
+    )
+
+
+def _timestamp(seconds: float | None) -> datetime | None:
+    """The producer's timestamp, or None when it is absent or not a representable date (a
+    producer may set any 64-bit value; that must not crash the worker)."""
+    if not seconds or seconds < 0:
+        return None
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def meta_of(event: Any) -> Meta:
+    """Our view of a faust event; total: any message a broker can hold gives a Meta."""
     msg = event.message
     return Meta(
         topic=msg.topic,
         partition=msg.partition,
         offset=msg.offset,
-        timestamp=datetime.fromtimestamp(msg.timestamp, UTC) if msg.timestamp else None,
+        timestamp=_timestamp(msg.timestamp),
         key=event.key,
         value=event.value,
         headers=_headers(event.headers),
@@ -45,6 +62,7 @@ def meta_of(event: Any) -> Meta:
 
 
 def create_app(settings: Settings, tickets: TicketPipeline, invoices: InvoicePipeline) -> faust.App:
+    """The faust app running both flows; every size and timeout comes from ``settings``."""
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")],
@@ -56,39 +74,46 @@ def create_app(settings: Settings, tickets: TicketPipeline, invoices: InvoicePip
         topic_replication_factor=settings.topic_replication,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # One size setting end to end: what we may write, we can also read back.
+        consumer_max_fetch_size=settings.max_message_bytes,
+        producer_max_request_size=settings.max_message_bytes,
+        producer_request_timeout=settings.producer_timeout_s,
     )
     outputs: dict[str, Any] = {}
 
-    async def emit(outcome: Outcome) -> None:
+    async def send(outcome: Outcome) -> None:
         topic = outputs.get(outcome.topic)
         if topic is None:
             topic = outputs[outcome.topic] = app.topic(outcome.topic)
-        try:
-            delivery = await topic.send(
-                key=outcome.key, value=outcome.value, headers=outcome.headers
+        delivery = await topic.send(key=outcome.key, value=outcome.value, headers=outcome.headers)
+        await delivery  # the broker's ack, before the input is acked
+
+    emitter = Emitter(
+        send=send,
+        strikes=Strikes(settings.redis_url, settings.app_id),
+        codec=tickets.codec,
+        deadletter_topic=settings.topics.deadletter,
+        timeout_s=settings.producer_timeout_s + 5,
+        max_strikes=settings.max_strikes,
+    )
+
+    async def process(pipeline: TicketPipeline | InvoicePipeline, meta: Meta) -> None:
+        with structlog.contextvars.bound_contextvars(
+            flow=pipeline.flow, topic=meta.topic, partition=meta.partition, offset=meta.offset
+        ):
+            try:
+                outcome = await pipeline.handle(meta)
+                written = await emitter.emit(outcome, meta, pipeline.flow)
+            except Exception as exc:  # a bug outside handle's guard: never a silent ack
+                log.critical("worker.unguarded_error", exc_info=True)
+                written = await emitter.strike(meta, pipeline.flow, exc)
+            log.info(
+                "event.routed", event_id=written.event_id, lane=written.lane, reason=written.reason
             )
-            await delivery  # wait for the broker's ack before the input is acked
-        except Exception:
-            # faust would ack the input if we raised; dying uncommitted means redelivery instead.
-            log.critical(
-                "emit.failed", topic=outcome.topic, event_id=outcome.event_id, exc_info=True
-            )
-            os._exit(EXIT_EMIT_FAILED)
 
     async def run(pipeline: TicketPipeline | InvoicePipeline, stream: Any) -> None:
         async for event in stream.events():
-            meta = meta_of(event)
-            with structlog.contextvars.bound_contextvars(
-                flow=pipeline.flow, topic=meta.topic, partition=meta.partition, offset=meta.offset
-            ):
-                outcome = await pipeline.handle(meta)
-                await emit(outcome)
-                log.info(
-                    "event.routed",
-                    event_id=outcome.event_id,
-                    lane=outcome.lane,
-                    reason=outcome.reason,
-                )
+            await process(pipeline, meta_of(event))
 
     @app.agent(app.topic(settings.topics.tickets_received), name="tickets")
     async def tickets_worker(stream: Any) -> None:

@@ -1,6 +1,11 @@
 """structlog, configured once; faust, aiokafka and mode logs are rendered through it too.
 
 JSON lines when stderr is not a terminal (collectors parse them), a readable console otherwise.
+
+Third-party loggers never log below INFO, even with ``SLUICE_LOG_LEVEL=debug``: at DEBUG faust
+prints every sent value (``send: ... v=b'...'``) and openai every request body, so a dead letter's
+original bytes or a ticket's text would be copied into the logs. Their messages are also cut at
+:data:`MAX_FOREIGN_MESSAGE_CHARS`.
 """
 
 from __future__ import annotations
@@ -20,11 +25,29 @@ _SHARED: list[Any] = [
 ]
 
 
+#: Loggers that are not ours, capped at INFO and shortened (see the module docstring).
+FOREIGN_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "openai", "httpx", "httpcore", "asyncio")
+MAX_FOREIGN_MESSAGE_CHARS = 1000
+
+
+class ShortenForeign(logging.Filter):
+    """Cuts a third-party log record's message: no library line may carry a whole payload."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in FOREIGN_LOGGERS:
+            message = record.getMessage()
+            if len(message) > MAX_FOREIGN_MESSAGE_CHARS:
+                record.msg = message[:MAX_FOREIGN_MESSAGE_CHARS] + f"... [{len(message)} chars]"
+                record.args = None
+        return True
+
+
 def logging_config(level: str = "info", fmt: str = "auto") -> dict[str, Any]:
     """A ``dictConfig`` that sends every stdlib logger through structlog's formatter.
 
     Returned as a dict because faust's Worker applies its own logging set-up from one.
     """
+    foreign = logging.getLevelName(max(logging.INFO, logging.getLevelName(level.upper())))
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -45,17 +68,17 @@ def logging_config(level: str = "info", fmt: str = "auto") -> dict[str, Any]:
                 "foreign_pre_chain": _SHARED,
             }
         },
+        "filters": {"shorten_foreign": {"()": ShortenForeign}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "formatter": "structlog",
                 "stream": "ext://sys.stderr",
+                "filters": ["shorten_foreign"],
             }
         },
         "root": {"handlers": ["stderr"], "level": level.upper()},
-        # aiokafka reports every retriable hiccup at WARNING/ERROR during start-up; keep it, but
-        # don't let its DEBUG drown ours.
-        "loggers": {"aiokafka": {"level": max(logging.INFO, logging.getLevelName(level.upper()))}},
+        "loggers": {name: {"level": foreign} for name in FOREIGN_LOGGERS},
     }
 
 

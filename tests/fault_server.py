@@ -20,8 +20,9 @@ A marker ``[[answer:<base64>]]`` forces the exact content of a successful answer
 successful answer is a minimal instance of the request's JSON schema (see :func:`example_instance`),
 or ``"ok"`` without one.
 
-Faults: ``ok``, ``slow``, ``429``, ``500``, ``hang``, ``reset``, ``invalid_json``,
-``schema_violation``, ``refusal``, ``truncated``, ``content_filter`` (see :data:`FAULTS`).
+Faults: ``ok``, ``slow``, ``429``, ``500``, ``401``, ``403``, ``context_exceeded``, ``hang``,
+``reset``, ``invalid_json``, ``schema_violation``, ``refusal``, ``truncated``, ``context_full``,
+``content_filter`` (see :data:`FAULTS`).
 
 Run it standalone for subprocess tests::
 
@@ -59,12 +60,21 @@ FAULTS: Final[Mapping[str, str]] = {
     "slow": "like ok, after an extra slow_ms on top of latency_ms",
     "429": "HTTP 429 with retry-after: 1 (seconds) and an OpenAI-style error body",
     "500": "HTTP 500 with an OpenAI-style error body",
+    "401": "HTTP 401 with OpenAI's invalid_api_key error body: a wrong key",
+    "403": "HTTP 403 with an OpenAI-style request_forbidden error body",
+    "context_exceeded": (
+        "HTTP 400 with llama.cpp's exceed_context_size_error body: the prompt does not fit"
+    ),
     "hang": "answers ok only after hang_s: the client's timeout should fire first",
     "reset": "drops the connection (TCP RST) without any response",
     "invalid_json": "200 whose content is cut-off JSON",
     "schema_violation": 'valid JSON that breaks the schema: {"unexpected": true}',
     "refusal": "200 with content null and message.refusal set",
     "truncated": "200, finish_reason length, a prefix of a valid answer",
+    "context_full": (
+        "200, finish_reason length after a quarter of max_tokens (4 without one): llama.cpp's "
+        "answer when a slot's context fills up mid-answer"
+    ),
     "content_filter": "200, finish_reason content_filter, content null",
 }
 """Every fault name and what it does; a marker or script naming anything else is a 400."""
@@ -75,6 +85,8 @@ INVALID_JSON_TEXT: Final = '{"category": "billing", '
 SCHEMA_VIOLATION_TEXT: Final = '{"unexpected": true}'
 TRUNCATED_DEFAULT_TOKENS: Final = 16
 """completion_tokens of a ``truncated`` answer when the request sets no max_tokens."""
+CONTEXT_FULL_DEFAULT_TOKENS: Final = 4
+"""completion_tokens of a ``context_full`` answer when the request sets no max_tokens."""
 
 _FAULT_MARKER = re.compile(r"\[\[fault:([^\]]*)\]\]")
 _ANSWER_MARKER = re.compile(r"\[\[answer:([A-Za-z0-9+/=_-]*)\]\]")
@@ -120,6 +132,8 @@ class Call:
     completion_tokens: int
     status: int
     messages: list[dict[str, Any]]
+    max_tokens: int | None = None
+    """The request's ``max_tokens`` (or ``max_completion_tokens``), if it set one."""
 
 
 # -- minimal valid instances of a JSON schema ------------------------------------------------------
@@ -463,7 +477,9 @@ class FaultServer:
         )
         key = hashlib.sha1(first_user.encode()).hexdigest()
         fault = self._choose(key, texts)
-        call = Call(fault, key, 0, 0, 0, messages)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        max_tokens = limit if isinstance(limit, int) else None
+        call = Call(fault, key, 0, 0, 0, messages, max_tokens)
         with self._lock:
             self._calls.append(call)
         if fault not in FAULTS:
@@ -491,6 +507,25 @@ class FaultServer:
         if fault == "500":
             call.status = 500
             return _error(500, "server_error", "fault: internal server error")
+        if fault == "401":
+            call.status = 401
+            return _error(
+                401,
+                "invalid_request_error",
+                "fault: incorrect API key provided",
+                code="invalid_api_key",
+            )
+        if fault == "403":
+            call.status = 403
+            return _error(
+                403,
+                "request_forbidden",
+                "fault: country, region, or territory not supported",
+                code="unsupported_country_region_territory",
+            )
+        if fault == "context_exceeded":
+            call.status = 400
+            return _context_exceeded(max(1, sum(len(t) for t in texts) // 4))
         if fault == "reset":
             _reset(request)
             return web.Response()  # never written: aiohttp drops it for the closed transport
@@ -510,8 +545,12 @@ class FaultServer:
             completion_tokens = max(1, len(REFUSAL_TEXT) // 4)
         elif fault == "truncated":
             content, finish = answer[: len(answer) // 2], "length"
-            limit = body.get("max_completion_tokens") or body.get("max_tokens")
-            completion_tokens = limit if isinstance(limit, int) else TRUNCATED_DEFAULT_TOKENS
+            completion_tokens = max_tokens if max_tokens else TRUNCATED_DEFAULT_TOKENS
+        elif fault == "context_full":
+            content, finish = answer[: len(answer) // 4], "length"
+            completion_tokens = (
+                max(1, max_tokens // 4) if max_tokens else CONTEXT_FULL_DEFAULT_TOKENS
+            )
         elif fault == "content_filter":
             content, finish, completion_tokens = None, "content_filter", 1
 
@@ -606,10 +645,34 @@ def _reject(message: str) -> web.Response:
 
 
 def _error(
-    status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    kind: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    code: str | None = None,
 ) -> web.Response:
-    body = {"error": {"message": message, "type": kind, "code": None, "param": None}}
+    body = {"error": {"message": message, "type": kind, "code": code, "param": None}}
     return web.json_response(body, status=status, headers=headers)
+
+
+def _context_exceeded(prompt_tokens: int) -> web.Response:
+    """llama.cpp's refusal of a prompt larger than a slot's context, body shape and wording as its
+    server sends them (here the context is taken to be half the prompt)."""
+    n_ctx = max(1, prompt_tokens // 2)
+    body = {
+        "error": {
+            "code": 400,
+            "message": (
+                f"request ({prompt_tokens} tokens) exceeds the available context size "
+                f"({n_ctx} tokens), try increasing it"
+            ),
+            "type": "exceed_context_size_error",
+            "n_prompt_tokens": prompt_tokens,
+            "n_ctx": n_ctx,
+        }
+    }
+    return web.json_response(body, status=400)
 
 
 def _reset(request: web.Request) -> None:

@@ -100,6 +100,44 @@ SAMPLES: list[BaseModel] = [
         received_at=NOW,
         processed_at=NOW,
     ),
+    # An invoice that prints no number: null, in review with the flag that says why.
+    InvoiceExtracted(
+        event_id="e-4",
+        document_id="D-10",
+        vendor_name="Kiosk am Markt",
+        invoice_number=None,
+        issue_date=date(2026, 11, 2),
+        due_date=None,
+        currency="EUR",
+        line_items=[
+            LineItem(
+                description="Coffee",
+                quantity=Decimal("2"),
+                unit_price=Decimal("2.50"),
+                amount=Decimal("5.00"),
+            )
+        ],
+        subtotal=Decimal("5.00"),
+        tax=Decimal("0.95"),
+        total=Decimal("5.95"),
+        field_confidence={"invoice_number": 0.93, "total": 0.98},
+        confidence=0.9,
+        agent=AGENT,
+        route=Route(
+            lane="review",
+            reason="validation issues: invoice_number: none printed on the document; "
+            "a person must assign one",
+            threshold=0.8,
+        ),
+        usage=USAGE,
+        source=SOURCE,
+        received_at=NOW,
+        processed_at=NOW,
+        validation_issues=[
+            "invoice_number: none printed on the document; a person must assign one"
+        ],
+        content_type="text/plain",
+    ),
     ReviewDecision(
         event_id="e-1",
         flow="tickets",

@@ -7,7 +7,10 @@ Each test gets its own topics (a unique suffix) and its own consumer group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -18,6 +21,8 @@ from pathlib import Path
 import pytest
 import redis
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -58,16 +63,19 @@ def isolated(services: Settings) -> Isolated:
 
 
 async def send_values(
-    bootstrap: str, topic: str, values: list[bytes | None]
+    bootstrap: str, topic: str, values: list[bytes | None], *, partition: int | None = None
 ) -> list[tuple[str, int, int]]:
     """Produce each value (keys k0, k1, ...) and wait for its ack; return (topic, partition,
-    offset) per value, the coordinates outputs are matched back to."""
+    offset) per value, the coordinates outputs are matched back to. ``partition`` puts them all
+    on one partition, in order."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         coords = []
         for i, value in enumerate(values):
-            meta = await producer.send_and_wait(topic, value, key=f"k{i}".encode())
+            meta = await producer.send_and_wait(
+                topic, value, key=f"k{i}".encode(), partition=partition
+            )
             coords.append((topic, meta.partition, meta.offset))
         return coords
     finally:
@@ -111,6 +119,113 @@ def worker(isolated: Isolated, tmp_path: Path, request: pytest.FixtureRequest) -
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(f"--- worker log tail ({w.log}) ---\n{w.log_tail()}")
+
+
+@contextlib.contextmanager
+def running_fault_server(log: Path, *args: str) -> Iterator[str]:
+    """The fault-injecting OpenAI-compatible server as a process; yields its /v1 base URL."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fault_server", "--port", "0", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=out,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    assert line.startswith("listening on "), line + log.read_text()
+    try:
+        yield line.split()[-1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+@pytest.fixture
+def fault_server(tmp_path: Path) -> Iterator[str]:
+    with running_fault_server(tmp_path / "fault.log", "--latency-ms", "20") as url:
+        yield url
+
+
+@dataclass
+class Broker:
+    """A broker of the test's own, for tests that must stop or freeze one."""
+
+    bootstrap: str
+    state: Path
+
+    @property
+    def pid(self) -> int:
+        return int((self.state / "kafka" / "broker.pid").read_text())
+
+
+def _free_port_pair() -> int:
+    while True:
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", 0))
+                port = a.getsockname()[1]
+                b.bind(("127.0.0.1", port + 1))  # infra/kafka.sh puts the controller at port + 1
+                return int(port)
+            except OSError:
+                continue
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A second single-node broker, started by infra/kafka.sh with the jars the first one uses."""
+    libs = ROOT / ".local" / "kafka" / "libs"
+    if not (libs / ".resolved-from").exists():
+        pytest.skip("needs the jars of a broker started by infra/kafka.sh (make up)")
+    state = tmp_path / "state"
+    (state / "kafka").mkdir(parents=True)
+    (state / "kafka" / "libs").symlink_to(libs)
+    port = _free_port_pair()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")
+    }
+    env.update({"SLUICE_STATE_DIR": str(state), "SLUICE_KAFKA_PORT": str(port)})
+    subprocess.run(["bash", "infra/kafka.sh", "start"], env=env, cwd=ROOT, check=True, timeout=120)
+    broker = Broker(f"127.0.0.1:{port}", state)
+    try:
+        yield broker
+    finally:
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.kill(broker.pid, signal.SIGCONT)  # a frozen broker cannot stop
+        subprocess.run(["bash", "infra/kafka.sh", "stop"], env=env, cwd=ROOT, timeout=60)
+
+
+def fake_model_env(env: dict[str, str], base_url: str, **extra: str) -> dict[str, str]:
+    """A worker environment that calls the fault server instead of the local model."""
+    return {**env, "OPENAI_BASE_URL": base_url, "SLUICE_LLM_LOGPROBS": "false", **extra}
+
+
+def stop(worker: Worker, timeout_s: float = 30) -> int:
+    """Stop a worker (TERM, then KILL) and return its exit code."""
+    if worker.alive():
+        worker.proc.terminate()
+    try:
+        return worker.proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        worker.proc.kill()
+        return worker.proc.wait()
+
+
+async def set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    """Set a topic's config on the broker, as an operator would. AlterConfigs replaces the whole
+    set: every setting not in ``configs`` returns to the broker's default."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs)]
+        )
+    finally:
+        await admin.close()
+    for response in responses:
+        for code, message, *_ in response.resources:
+            assert code == 0, f"alter_configs {topic}: error {code} {message}"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -1,6 +1,10 @@
-"""Both agents in the stream on the real local model: 24 labeled tickets and 12 invoices (8 PDFs
-this test generates, 4 text), plus bad documents. Every event must end in exactly one lane, every
-result must decode against its Avro contract, and every review or dead letter must say why.
+"""Both agents in the stream on the real local model: a few labeled tickets and invoices (PDFs this
+test generates, text, and one by path), plus bad documents. Every event must end in exactly one
+lane, every result must decode against its Avro contract, every review or dead letter must say
+why, and every valid event must show that the model answered (with the model down, this fails).
+
+Marked ``model``: ``pytest -m model`` selects the tests that need the local model. The full labeled
+set runs in ``make eval``.
 """
 
 from __future__ import annotations
@@ -27,14 +31,24 @@ BAD_DOCUMENTS: list[tuple[dict[str, str], str]] = [
 ]
 
 
-@pytest.mark.timeout(1500)  # 36 events, up to 3 calls each, on 2 CPU cores
+#: Kept small for `make test`'s budget: each event costs 1-3 local calls of 1-5 s on 2 cores.
+TICKETS = 6
+INVOICES = 3
+#: Dead-letter reasons that mean the model was never reached or refused the request.
+NOT_ANSWERED = {"provider_unavailable", "config_error", "context_exceeded"}
+
+
+@pytest.mark.model
+@pytest.mark.timeout(900)
 async def test_both_agents_on_the_local_model(isolated: Isolated, tmp_path: Path) -> None:
     s = isolated.settings
     t = s.topics
     docs = tmp_path / "documents"
     docs.mkdir()
     (tmp_path / "outside.txt").write_text("not an invoice you may read")
-    invoices = load_invoices()
+    invoices = [i for i in load_invoices() if i["format"] == "pdf"][:INVOICES] + [
+        i for i in load_invoices() if i["format"] == "text"
+    ][:1]
     # One invoice travels by path, from the allowlisted directory, as a PDF file.
     by_path = invoices[0]
     (docs / f"{by_path['document_id']}.pdf").write_bytes(render_pdf(by_path))
@@ -47,10 +61,7 @@ async def test_both_agents_on_the_local_model(isolated: Isolated, tmp_path: Path
         }
     )
     doc_events += [{"event_id": f"ev-{e['document_id']}", **e} for e, _ in BAD_DOCUMENTS]
-    tickets = load_tickets()
-    assert len(tickets) >= 20
-    assert len(invoices) >= 10
-    assert sum(inv["format"] == "pdf" for inv in invoices) >= 8
+    tickets = load_tickets()[:TICKETS]
 
     start = {tp: 0 for tp in await end_offsets(s, list(lane_topics(s)))}
     worker = start_worker({**isolated.env, "SLUICE_DOCUMENT_DIR": str(docs)}, tmp_path / "w.log")
@@ -61,7 +72,7 @@ async def test_both_agents_on_the_local_model(isolated: Isolated, tmp_path: Path
         sent += await send_values(
             s.bootstrap_servers, t.documents_received, [json.dumps(d).encode() for d in doc_events]
         )
-        tally = await collect(s, start, set(sent), timeout_s=1500)
+        tally = await collect(s, start, set(sent), timeout_s=840)
         assert worker.alive(), worker.log_tail()
     finally:
         worker.proc.terminate()
@@ -83,9 +94,10 @@ async def test_both_agents_on_the_local_model(isolated: Isolated, tmp_path: Path
                 if record.event_id in expected_dl:
                     assert record.reason == expected_dl[record.event_id]
                     assert record.usage is None  # refused before any model call
-                else:  # the model failed it: what that cost is recorded
+                else:  # the model answered, unusably: what that cost is recorded
+                    assert record.reason not in NOT_ANSWERED, record.error_message
                     assert record.usage is not None
-                    assert record.usage.attempts >= 1
+                    assert any(a.completion_tokens > 0 for a in record.usage.per_attempt)
                     assert record.usage.per_attempt[-1].outcome != "ok"
                 continue
             assert isinstance(record, TicketTriaged | InvoiceExtracted)
@@ -93,6 +105,8 @@ async def test_both_agents_on_the_local_model(isolated: Isolated, tmp_path: Path
             assert record.route.reason
             u = record.usage
             assert 1 <= u.attempts <= s.llm_max_attempts + s.llm_max_validation_attempts
+            assert u.per_attempt[-1].outcome in ("ok", "business_invalid")  # the model answered
+            assert u.completion_tokens > 0
             assert u.prompt_tokens == sum(a.prompt_tokens for a in u.per_attempt)
             assert u.token_budget == s.llm_token_budget
             assert u.prompt_tokens + u.completion_tokens <= (s.llm_token_budget or 10**9)
@@ -109,10 +123,13 @@ async def test_both_agents_on_the_local_model(isolated: Isolated, tmp_path: Path
                     assert lane == "review"
                     assert "validation issues" in record.route.reason
             else:
-                assert record.agent.prompt_version == "ticket_triage.v2"
+                assert record.agent.prompt_version == "ticket_triage.v3"
                 assert record.sentiment is not None
                 assert record.team is not None
                 if record.requires_human:
                     assert lane == "review"
     for event_id in expected_dl:
         assert any(r.event_id == event_id for r in lanes["deadletter"].values()), event_id
+    # Triage is schema-valid on this model (make eval: 100%): every ticket reaches a result lane.
+    triaged = [r for lane in ("auto", "review") for r in lanes[lane].values()]
+    assert sum(isinstance(r, TicketTriaged) for r in triaged) == len(tickets)

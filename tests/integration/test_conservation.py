@@ -1,27 +1,58 @@
-"""The conservation law: every input event ends in exactly one lane, matched by event_id."""
+"""The conservation law: every input event ends in exactly one lane, matched by event_id.
+
+The model is the fault server, so each valid ticket's lane is known in advance and asserted: a
+worker whose model is down (every ticket dead-lettered as provider_unavailable) fails this test.
+"""
 
 import asyncio
 import json
+from pathlib import Path
 
 from schemas.records import DeadLetter, TicketTriaged
 from streams.lanes import collect, end_offsets, lane_topics
 from streams.meta import Meta
-from tests.integration.conftest import Isolated, Worker, send_values
+from streams.settings import Settings
+from tests.fault_server import answer_marker
+from tests.integration.conftest import (
+    Isolated,
+    Worker,
+    fake_model_env,
+    send_values,
+    start_worker,
+    stop,
+)
+from tests.poison.corpus import TRIAGE_ANSWER
 
-VALID = [
-    {"event_id": "ev-1", "ticket_id": "T-1", "body": "Refund my duplicate charge please."},
-    {"event_id": "ev-2", "ticket_id": "T-2", "body": "Error 500 when I pay with PayPal."},
-    {"ticket_id": "T-3", "body": "Where is my parcel? It is two weeks late."},  # id derived
-    {
-        "event_id": "ev-4",
-        "ticket_id": "T-4",
-        "body": "Reset my password, the link expired.",
-        "channel": "chat",
-    },
-    {"ticket_id": "T-5", "body": "Please close my account."},  # id derived
-    {"event_id": "ev-6", "ticket_id": "T-6", "subject": "Late", "body": "Delivery is late again."},
-    {"event_id": "ev-7", "ticket_id": "T-7", "body": "Invoice for order 123 please.", "extra": 1},
-    {"event_id": "ev-8", "ticket_id": "T-8", "body": "The website is very slow today."},
+AUTO = answer_marker(TRIAGE_ANSWER)
+HUMAN = answer_marker({**TRIAGE_ANSWER, "priority": "urgent", "requires_human": True})
+UNSURE = answer_marker({**TRIAGE_ANSWER, "confidence": 0.3})
+#: Valid tickets, each with the lane the fault server's answer must send it to.
+VALID: list[tuple[dict[str, object], str]] = [
+    (
+        {"event_id": "ev-1", "ticket_id": "T-1", "body": f"Refund my duplicate charge. {AUTO}"},
+        "auto",
+    ),
+    ({"event_id": "ev-2", "ticket_id": "T-2", "body": f"Error 500 with PayPal. {HUMAN}"}, "review"),
+    ({"ticket_id": "T-3", "body": f"Where is my parcel? {UNSURE}"}, "review"),  # id derived
+    (
+        {
+            "event_id": "ev-4",
+            "ticket_id": "T-4",
+            "body": f"Reset my password. {AUTO}",
+            "channel": "chat",
+        },
+        "auto",
+    ),
+    ({"ticket_id": "T-5", "body": f"Please close my account. {AUTO}"}, "auto"),  # id derived
+    (
+        {"event_id": "ev-6", "ticket_id": "T-6", "subject": "Late", "body": f"Again. {HUMAN}"},
+        "review",
+    ),
+    (
+        {"event_id": "ev-7", "ticket_id": "T-7", "body": f"Invoice please. {UNSURE}", "extra": 1},
+        "review",
+    ),
+    ({"event_id": "ev-8", "ticket_id": "T-8", "body": f"The website is slow. {AUTO}"}, "auto"),
 ]
 MALFORMED: list[bytes | None] = [
     b"definitely not json",
@@ -34,13 +65,23 @@ MALFORMED: list[bytes | None] = [
 
 
 async def produce_all(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None]]:
-    values: list[bytes | None] = [json.dumps(v).encode() for v in VALID] + MALFORMED
+    values: list[bytes | None] = [json.dumps(v).encode() for v, _ in VALID] + MALFORMED
     coords = await send_values(bootstrap, topic, values)
     return [(p, o, v) for (_, p, o), v in zip(coords, values, strict=True)]
 
 
-async def test_every_event_ends_in_exactly_one_lane(isolated: Isolated, worker: Worker) -> None:
+async def test_every_event_ends_in_exactly_one_lane(
+    isolated: Isolated, fault_server: str, tmp_path: Path
+) -> None:
     s = isolated.settings
+    worker = start_worker(fake_model_env(isolated.env, fault_server), tmp_path / "worker.log")
+    try:
+        await check_conservation(s, worker)
+    finally:
+        stop(worker)
+
+
+async def check_conservation(s: Settings, worker: Worker) -> None:
     sent = await produce_all(s.bootstrap_servers, s.topics.tickets_received)
     n = len(sent)
     expected_ids = {}
@@ -74,10 +115,16 @@ async def test_every_event_ends_in_exactly_one_lane(isolated: Isolated, worker: 
         assert dl.reason == "poison_input"
         assert dl.original_value == value
         assert dl.error_message
-    assert counts["deadletter"] >= len(MALFORMED)
-    for record in records.values():
-        if isinstance(record, DeadLetter) and record.original_value not in MALFORMED:
-            # A valid ticket may only be dead-lettered for a model reason, never as poison.
-            assert record.reason != "poison_input", record
-        elif isinstance(record, TicketTriaged):
-            assert record.ticket_id in {v["ticket_id"] for v in VALID}
+    assert counts == {
+        "auto": sum(lane == "auto" for _, lane in VALID),
+        "review": sum(lane == "review" for _, lane in VALID),
+        "deadletter": len(MALFORMED),
+    }
+    for (event, lane), value in zip(VALID, [v for _, _, v in sent], strict=False):
+        p, o = by_value[value]
+        record = records[(s.topics.tickets_received, p, o)]
+        assert isinstance(record, TicketTriaged), record
+        assert (record.ticket_id, record.route.lane) == (event["ticket_id"], lane)
+        assert record in tally.lanes[lane].values()
+        assert record.usage.attempts == 1  # the model answered, first time
+        assert record.usage.prompt_tokens > 0

@@ -1,65 +1,67 @@
-"""kcat produces tickets and reads the lanes; Avro values are decoded and checked field by field."""
+"""kcat produces tickets and reads the lanes; Avro values are decoded and checked field by field.
+
+The model is the fault server, so each ticket's lane is known: with the model down, this fails.
+"""
 
 import json
+from pathlib import Path
 
 from schemas import codec
-from schemas.records import DeadLetter, TicketTriaged
-from tests.integration.conftest import Isolated, Worker
+from schemas.records import TicketTriaged
+from tests.fault_server import answer_marker
+from tests.integration.conftest import Isolated, fake_model_env, start_worker, stop
 from tests.integration.kcat import produce, wait_for
+from tests.poison.corpus import TRIAGE_ANSWER
 
-MODEL_REASONS = {
-    "model_output_invalid",
-    "output_truncated",
-    "model_refused",
-    "token_budget_exceeded",
-    "provider_unavailable",
-}
-
+AUTO = answer_marker(TRIAGE_ANSWER)
+HUMAN = answer_marker({**TRIAGE_ANSWER, "priority": "urgent", "requires_human": True})
+#: ticket id, body, and the lane the fault server's answer must send it to
 TICKETS = [
-    ("T-1", "I was charged twice for my subscription, please refund one payment."),
-    ("T-2", "The app crashes when I open the settings page on Android."),
-    ("T-3", "My parcel has not arrived and tracking has not moved for a week."),
-    ("T-4", "I cannot log in: the password reset email never arrives."),
-    ("T-5", "Thanks, the new checkout is great."),
-    ("T-6", "Someone placed an order from my account that I did not make."),
+    ("T-1", f"I was charged twice for my subscription, please refund one payment. {AUTO}", "auto"),
+    ("T-2", f"The app crashes when I open the settings page on Android. {AUTO}", "auto"),
+    ("T-3", f"My parcel has not arrived and tracking has not moved for a week. {HUMAN}", "review"),
+    ("T-4", f"I cannot log in: the password reset email never arrives. {AUTO}", "auto"),
+    ("T-5", "Thanks, the new checkout is great.", "auto"),  # the server's default answer
+    ("T-6", f"Someone placed an order from my account that I did not make. {HUMAN}", "review"),
 ]
 
 
-def test_kcat_in_avro_out(isolated: Isolated, worker: Worker) -> None:
+def test_kcat_in_avro_out(isolated: Isolated, fault_server: str, tmp_path: Path) -> None:
     s = isolated.settings
     t = s.topics
     pairs = [
         (tid, json.dumps({"event_id": f"ev-{tid}", "ticket_id": tid, "body": body}).encode())
-        for tid, body in TICKETS
+        for tid, body, _ in TICKETS
     ]
-    produce(s.bootstrap_servers, t.tickets_received, pairs)
-
-    lanes = [t.tickets_auto, t.tickets_review, t.deadletter]
-    records = wait_for(s.bootstrap_servers, lanes, len(TICKETS), 300)
-    assert worker.alive(), worker.log_tail()
+    worker = start_worker(fake_model_env(isolated.env, fault_server), tmp_path / "worker.log")
+    try:
+        produce(s.bootstrap_servers, t.tickets_received, pairs)
+        lanes = [t.tickets_auto, t.tickets_review, t.deadletter]
+        records = wait_for(s.bootstrap_servers, lanes, len(TICKETS), 120)
+        assert worker.alive(), worker.log_tail()
+    finally:
+        stop(worker)
     assert len(records) == len(TICKETS)
+    assert [r for r in records if r.topic == t.deadletter] == []  # valid tickets, model up
+    want = {tid: lane for tid, _, lane in TICKETS}
     seen: dict[str, object] = {}
     for r in records:
-        if r.topic == t.deadletter:
-            # A 135M model may loop or contradict itself: a valid ticket can only be
-            # dead-lettered for a model reason, with what the calls cost.
-            dl = codec.decode_as(r.value or b"", DeadLetter)
-            assert dl.reason in MODEL_REASONS, dl
-            assert dl.usage is not None
-            assert dl.usage.attempts >= 1
-            seen[dl.event_id.removeprefix("ev-")] = dl
-            continue
         out = codec.decode_as(r.value or b"", TicketTriaged)
         seen[out.ticket_id] = out
+        assert out.route.lane == want[out.ticket_id]
         assert r.key == out.ticket_id.encode()  # the input key is kept: per-ticket ordering
         assert out.event_id == f"ev-{out.ticket_id}"
         assert out.route.lane == ("auto" if r.topic == t.tickets_auto else "review")
         assert out.route.threshold == s.auto_threshold
-        assert (out.confidence >= s.auto_threshold) == (out.route.lane == "auto")
+        if out.route.lane == "auto":
+            assert out.confidence >= s.auto_threshold
+        else:  # confident, but the agent says a person must handle it
+            assert out.requires_human
+            assert out.route.reason == "agent says a person must handle it"
         assert out.agent.name == "ticket-triage"
-        assert out.agent.model == "local"
-        assert out.agent.prompt_version == "ticket_triage.v2"
-        assert out.usage.attempts >= 1
+        assert out.agent.model == s.model  # the configured provider model, not the local one
+        assert out.agent.prompt_version == "ticket_triage.v3"
+        assert out.usage.attempts == 1
         assert out.usage.prompt_tokens > 50  # the system prompt alone is longer than this
         assert out.usage.completion_tokens > 0
         assert out.summary.strip()
@@ -70,4 +72,4 @@ def test_kcat_in_avro_out(isolated: Isolated, worker: Worker) -> None:
         assert out.confidence_detail is not None
         assert out.confidence_detail.score == out.confidence
         assert out.usage.per_attempt[-1].outcome in ("ok", "business_invalid")
-    assert set(seen) == {tid for tid, _ in TICKETS}
+    assert set(seen) == set(want)

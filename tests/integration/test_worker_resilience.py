@@ -4,36 +4,58 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis
 
 from schemas import codec
 from schemas.records import DeadLetter, TicketTriaged
-from tests.integration.conftest import ROOT, Isolated, Worker
-from tests.integration.kcat import produce, wait_for
+from tests.fault_server import answer_marker
+from tests.integration.conftest import (
+    ROOT,
+    Isolated,
+    fake_model_env,
+    send_values,
+    start_worker,
+    stop,
+)
+from tests.integration.kcat import wait_for
+from tests.poison.corpus import TRIAGE_ANSWER
 
 
-def test_worker_survives_poison(isolated: Isolated, worker: Worker) -> None:
+async def test_worker_continues_past_poison_on_the_same_partition(
+    isolated: Isolated, fault_server: str, tmp_path: Path
+) -> None:
+    """Poison first, the valid ticket after it, all on partition 0: the ticket can only be
+    processed if the worker got past the poison (before, they sat on different partitions)."""
     s = isolated.settings
     t = s.topics
-    ticket = json.dumps({"event_id": "ev-after-poison", "ticket_id": "T-1", "body": "Parcel lost."})
-    produce(
-        s.bootstrap_servers,
-        t.tickets_received,
-        [("p1", b"{{{{ not json"), ("p2", b'{"ticket_id": 1}'), ("T-1", ticket.encode())],
+    body = f"Parcel lost. {answer_marker(TRIAGE_ANSWER)}"
+    ticket = json.dumps({"event_id": "ev-after-poison", "ticket_id": "T-1", "body": body})
+    poison = [b"{{{{ not json", b'{"ticket_id": 1}', b"[" * 2000 + b"]" * 2000]
+    worker = start_worker(fake_model_env(isolated.env, fault_server), tmp_path / "worker.log")
+    try:
+        coords = await send_values(
+            s.bootstrap_servers, t.tickets_received, [*poison, ticket.encode()], partition=0
+        )
+        assert {p for _, p, _ in coords} == {0}
+        dead = wait_for(s.bootstrap_servers, [t.deadletter], len(poison), 120)
+        results = wait_for(s.bootstrap_servers, [t.tickets_auto, t.tickets_review], 1, 120)
+        assert worker.alive(), worker.log_tail()
+    finally:
+        stop(worker)
+    assert sorted(
+        codec.decode_as(r.value or b"", DeadLetter).original_value or b"" for r in dead
+    ) == (sorted(poison))
+    [result] = results
+    assert result.topic == t.tickets_auto
+    out = codec.decode_as(result.value or b"", TicketTriaged)
+    assert (out.event_id, out.source.partition, out.source.offset) == (
+        "ev-after-poison",
+        0,
+        coords[-1][2],
     )
-    dead = wait_for(s.bootstrap_servers, [t.deadletter], 2, 180)
-    results = wait_for(s.bootstrap_servers, [t.tickets_auto, t.tickets_review], 1, 180)
-
-    assert worker.alive(), worker.log_tail()
-    assert sorted(codec.decode_as(r.value or b"", DeadLetter).original_value for r in dead) == [
-        b'{"ticket_id": 1}',
-        b"{{{{ not json",
-    ]
-    assert [codec.decode_as(r.value or b"", TicketTriaged).event_id for r in results] == [
-        "ev-after-poison"
-    ]
 
 
 def test_worker_refuses_to_start_without_redis(isolated: Isolated) -> None:

@@ -171,6 +171,63 @@ def test_500_is_an_internal_server_error(client: openai.OpenAI) -> None:
     assert caught.value.status_code == 500
 
 
+@pytest.mark.parametrize(
+    ("fault", "error", "status", "kind", "code"),
+    [
+        ("401", openai.AuthenticationError, 401, "invalid_request_error", "invalid_api_key"),
+        (
+            "403",
+            openai.PermissionDeniedError,
+            403,
+            "request_forbidden",
+            "unsupported_country_region_territory",
+        ),
+    ],
+)
+def test_401_and_403_are_openai_style_rejections(
+    client: openai.OpenAI,
+    server: FaultServer,
+    fault: str,
+    error: type[openai.APIStatusError],
+    status: int,
+    kind: str,
+    code: str,
+) -> None:
+    with pytest.raises(error) as caught:
+        ask(client, f"denied {fault_marker(fault)}")
+    assert caught.value.status_code == status
+    assert (caught.value.type, caught.value.code) == (kind, code)
+    assert caught.value.message.startswith(f"Error code: {status} - fault: ")
+    [call] = server.calls
+    assert (call.fault, call.status, call.prompt_tokens, call.completion_tokens) == (
+        fault,
+        status,
+        0,
+        0,
+    )
+
+
+def test_context_exceeded_is_llama_cpp_s_400(client: openai.OpenAI, server: FaultServer) -> None:
+    user = f"too long {fault_marker('context_exceeded')}"
+    with pytest.raises(openai.BadRequestError) as caught:
+        ask(client, user)
+    prompt = (len("Triage the ticket.") + len(user)) // 4
+    assert caught.value.type == "exceed_context_size_error"
+    assert caught.value.code == "400"  # llama.cpp sends the status as a number; the client str()s
+    assert caught.value.body == {
+        "code": 400,
+        "message": (
+            f"request ({prompt} tokens) exceeds the available context size ({prompt // 2} "
+            "tokens), try increasing it"
+        ),
+        "type": "exceed_context_size_error",
+        "n_prompt_tokens": prompt,
+        "n_ctx": prompt // 2,
+    }
+    [call] = server.calls
+    assert (call.status, call.prompt_tokens, call.completion_tokens) == (400, 0, 0)
+
+
 def test_hang_outlasts_the_client_timeout(client: openai.OpenAI, server: FaultServer) -> None:
     began = time.monotonic()
     with pytest.raises(openai.APITimeoutError):
@@ -228,6 +285,23 @@ def test_truncated_without_max_tokens_books_16(client: openai.OpenAI) -> None:
     response = ask(client, f"long again {fault_marker('truncated')}")
     assert response.usage is not None
     assert response.usage.completion_tokens == 16
+
+
+def test_context_full_stops_well_below_max_tokens(
+    client: openai.OpenAI, server: FaultServer
+) -> None:
+    response = ask(client, f"full {fault_marker('context_full')}", max_tokens=100)
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage is not None
+    assert response.usage.completion_tokens == 25
+    full = json.dumps(example_instance(M.model_json_schema()))
+    assert full.startswith(content(response))
+    assert len(content(response)) < len(full)
+    assert server.calls[0].max_tokens == 100
+    response = ask(client, f"full again {fault_marker('context_full')}")
+    assert response.usage is not None
+    assert response.usage.completion_tokens == 4
+    assert server.calls[1].max_tokens is None
 
 
 def test_content_filter(client: openai.OpenAI) -> None:

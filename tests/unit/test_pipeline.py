@@ -1,13 +1,21 @@
 """The per-event core without a broker: every input becomes one outcome, never an exception."""
 
+import hashlib
+import json
 from datetime import UTC, datetime
+from typing import NoReturn
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
 
 from agents.llm import LLMClient, LLMConfig
 from agents.triage import TicketTriageAgent
 from schemas import codec
 from schemas.records import DeadLetter
+from streams import deadletter
+from streams.app import _timestamp
+from streams.emit import unwritable
 from streams.meta import Meta
 from streams.pipeline import TicketPipeline
 from streams.settings import Settings
@@ -81,3 +89,97 @@ async def test_traceparent_is_propagated() -> None:
     headers = dict(outcome.headers)
     assert headers["traceparent"] == tp
     assert "x-other" not in headers
+
+
+def small_pipeline(max_message_bytes: int = 65_536) -> TicketPipeline:
+    llm = LLMClient(LLMConfig(max_attempts=1))
+    settings = Settings(topic_suffix=".unit", max_message_bytes=max_message_bytes)
+    return TicketPipeline(TicketTriageAgent(llm), settings)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"[" * 1000 + b"]" * 1000, "input_too_deep"),  # RecursionError escaped handle before
+        (b'{"event_id": ' + b"[" * 5000 + b"]" * 5000 + b"}", "input_too_deep"),
+        (b'{"ticket_id": "T", "body": "x", "n": ' + b"9" * 5000 + b"}", "input_too_large"),
+        (b'{"ticket_id": "T", "body": "' + b"x" * 30_000 + b'"}', "input_too_large"),
+        (b'{"ticket_id": "T", "body": "\\ud800"}', "poison_input"),
+    ],
+)
+async def test_nothing_escapes_handle(value: bytes, reason: str) -> None:
+    outcome = await small_pipeline().handle(meta(value))
+    record = codec.decode_as(outcome.value, DeadLetter)
+    assert (outcome.lane, record.reason) == ("deadletter", reason)
+    assert record.original_value == value
+    assert record.original_sha256 == hashlib.sha256(value).hexdigest()
+    assert not record.original_truncated
+
+
+async def test_an_original_too_large_to_embed_is_truncated_with_its_hash() -> None:
+    limit = 65_536
+    value = b'{"ticket_id": "T", "body": "' + b"y" * 200_000 + b'"}'  # input topic allowed it
+    outcome = await small_pipeline(limit).handle(meta(value))
+    record = codec.decode_as(outcome.value, DeadLetter)
+    assert record.reason == "input_too_large"
+    assert record.original_truncated
+    assert record.original_size == len(value)
+    assert record.original_sha256 == hashlib.sha256(value).hexdigest()
+    assert record.original_value == value[: deadletter.ORIGINAL_PREFIX_BYTES]
+    assert (record.source.partition, record.source.offset) == (1, 5)  # where the whole value is
+    assert outcome.size < limit
+    headers = dict(outcome.headers)
+    assert headers["__connect.errors.sluice.original.truncated"] == b"true"
+
+
+async def test_a_bug_of_ours_is_an_internal_error_dead_letter() -> None:
+    class Buggy(TicketPipeline):
+        async def result(self, meta: Meta, event_id: str) -> NoReturn:
+            raise KeyError("a bug")
+
+    p = Buggy(TicketTriageAgent(LLMClient(LLMConfig())), Settings(topic_suffix=".unit"))
+    outcome = await p.handle(meta(b'{"ticket_id": "T-9", "body": "help"}'))
+    record = codec.decode_as(outcome.value, DeadLetter)
+    assert (record.reason, record.error_class) == ("internal_error", "builtins.KeyError")
+
+
+async def test_an_error_that_cannot_even_be_printed_still_dead_letters() -> None:
+    class Hostile(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    class Buggy(TicketPipeline):
+        async def result(self, meta: Meta, event_id: str) -> NoReturn:
+            raise Hostile
+
+    p = Buggy(TicketTriageAgent(LLMClient(LLMConfig())), Settings(topic_suffix=".unit"))
+    record = codec.decode_as((await p.handle(meta(b"{}"))).value, DeadLetter)
+    assert record.reason == "internal_error"
+    assert "message unavailable" in record.error_message
+
+
+async def test_validation_errors_never_reach_the_dead_letter_with_input_values() -> None:
+    secret = "4111-1111-1111-1111-SECRET"
+    value = json.dumps({"ticket_id": "T", "body": "x", "channel": secret}).encode()
+    outcome = await small_pipeline().handle(meta(value))
+    record = codec.decode_as(outcome.value, DeadLetter)
+    assert record.reason == "poison_input"
+    assert secret not in record.error_message
+    assert secret not in record.stacktrace
+    assert "input_value" not in record.stacktrace
+    assert not any(secret.encode() in v for _, v in outcome.headers)
+
+
+def test_hostile_kafka_timestamps_do_not_crash_the_shell() -> None:
+    assert _timestamp(9.2e15) is None  # year ~292 million
+    assert _timestamp(-1.0) is None
+    assert _timestamp(None) is None
+    assert _timestamp(1.7e9) is not None
+
+
+def test_unwritable_sees_through_faust_wrapping() -> None:
+    cause = MessageSizeTooLargeError()
+    wrapped = ProducerSendError("Error while sending")  # faust: raise ... from the aiokafka error
+    wrapped.__cause__ = cause
+    assert unwritable(wrapped) is cause
+    assert unwritable(KafkaTimeoutError()) is None
