@@ -106,21 +106,6 @@ def start_worker(env: dict[str, str], log: Path) -> Worker:
     return Worker(proc, log)
 
 
-@pytest.fixture
-def worker(isolated: Isolated, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Worker]:
-    w = start_worker(isolated.env, tmp_path / "worker.log")
-    yield w
-    w.proc.terminate()
-    try:
-        w.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        w.proc.kill()
-        w.proc.wait()
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(f"--- worker log tail ({w.log}) ---\n{w.log_tail()}")
-
-
 @contextlib.contextmanager
 def running_fault_server(log: Path, *args: str) -> Iterator[str]:
     """The fault-injecting OpenAI-compatible server as a process; yields its /v1 base URL."""
@@ -226,10 +211,3 @@ async def set_topic_config(bootstrap: str, topic: str, configs: dict[str, str]) 
     for response in responses:
         for code, message, *_ in response.resources:
             assert code == 0, f"alter_configs {topic}: error {code} {message}"
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report
