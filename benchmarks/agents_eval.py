@@ -33,6 +33,7 @@ from evals.documents import document_event, load_invoices, load_tickets
 from schemas.errors import AgentError, SluiceError
 from schemas.events import DocumentReceived, TicketReceived
 from schemas.records import Usage
+from streams import compose
 from streams.logconfig import configure
 from streams.router import route
 from streams.settings import Settings
@@ -158,7 +159,7 @@ async def eval_invoices(
 
 async def main(limit: int | None) -> list[dict[str, Any]]:
     settings = Settings()
-    llm = LLMClient(settings.llm_config())
+    llm = LLMClient(compose.llm_config(settings))
     llm.start()
     try:
         tickets = await eval_tickets(TicketTriageAgent(llm), settings.auto_threshold, limit)

@@ -222,7 +222,7 @@ async def produce(settings: Settings, tag: str, args: argparse.Namespace, sent: 
         for v in tickets(args.events - n_docs, tag)
     ]
     flows += [
-        (settings.topics.documents_received, "document_id", v) for v in documents(n_docs, tag)
+        (settings.topics.invoices_received, "document_id", v) for v in documents(n_docs, tag)
     ]
     random.Random(3).shuffle(flows)
     if args.pace_s <= 0:

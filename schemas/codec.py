@@ -7,31 +7,25 @@
 
 Decoding accepts both, whatever the codec writes. Records written with an older released schema
 version are resolved to the current schema (Avro schema resolution), so consumers can upgrade
-before or after producers. Schemas are parsed and fingerprinted once per process.
+before or after producers. Which record types exist, and their schema files, is
+:mod:`schemas.catalogue`'s; schemas are parsed and fingerprinted once per change of it.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import struct
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
-from typing import Any, TypeVar
+from functools import lru_cache
+from typing import Any, NamedTuple, TypeVar
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 from pydantic import BaseModel
 
+from schemas import catalogue
+from schemas.catalogue import full_name
 from schemas.errors import CorruptRecord, UnknownSchema
-from schemas.records import (
-    DeadLetter,
-    InvoiceExtracted,
-    ReviewDecision,
-    TicketTriaged,
-    ToolEffect,
-)
 from schemas.registry import RegistryClient
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -39,27 +33,7 @@ SINGLE_OBJECT_HEADER = 10
 CONFLUENT_MAGIC = b"\x00"
 CONFLUENT_HEADER = 5
 
-#: Which ``.avsc`` file is the contract of which model.
-SCHEMA_FILES: dict[type[BaseModel], str] = {
-    TicketTriaged: "ticket_triaged.avsc",
-    InvoiceExtracted: "invoice_extracted.avsc",
-    ReviewDecision: "review_decision.avsc",
-    ToolEffect: "tool_effect.avsc",
-    DeadLetter: "dead_letter.avsc",
-}
-
 RecordT = TypeVar("RecordT", bound=BaseModel)
-
-
-def load_schema(filename: str, folder: str = "avro") -> dict[str, Any]:
-    """The raw JSON of one schema file shipped in ``schemas/avro``."""
-    text = resources.files("schemas").joinpath(*folder.split("/"), filename).read_text("utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
-
-
-def full_name(schema: dict[str, Any]) -> str:
-    return f"{schema['namespace']}.{schema['name']}" if "namespace" in schema else schema["name"]
 
 
 def fingerprint_bytes(parsed: Any) -> bytes:
@@ -77,30 +51,49 @@ class Contract:
     header: bytes  # single-object header of the current schema, computed once
 
 
-@cache
-def contracts() -> tuple[dict[type[BaseModel], Contract], dict[bytes, Contract]]:
-    """Current contract per model, and every known writer fingerprint (current and released)."""
-    from schemas.contract import released_versions
+class Contracts(NamedTuple):
+    by_model: dict[type[BaseModel], Contract]
+    """The current contract of every record type in the catalogue."""
+    by_fingerprint: dict[bytes, Contract]
+    """Every known writer fingerprint, current and released, with the contract that reads it."""
+    by_name: dict[str, Contract]
+    """The current contract per Avro full name (how a registry's schema is matched to a model)."""
 
-    released = released_versions()
-    by_model, by_fp = {}, {}
-    for model, filename in SCHEMA_FILES.items():
-        raw = load_schema(filename)
+
+def contracts() -> Contracts:
+    """The contracts of every record type now in :mod:`schemas.catalogue`, parsed once."""
+    return _contracts(catalogue.generation())
+
+
+@lru_cache(maxsize=1)
+def _contracts(generation: int) -> Contracts:
+    found = Contracts({}, {}, {})
+    for entry in catalogue.entries():
+        raw = entry.schema()
         reader = fastavro.parse_schema(raw)
-        current = Contract(
-            model, reader, reader, raw, SINGLE_OBJECT_MAGIC + fingerprint_bytes(reader)
-        )
-        by_model[model] = current
-        for _, old in released.get(filename[: -len(".avsc")], []):
+        header = SINGLE_OBJECT_MAGIC + fingerprint_bytes(reader)
+        current = Contract(entry.model, reader, reader, raw, header)
+        found.by_model[entry.model] = current
+        found.by_name[full_name(raw)] = current
+        for _, old in entry.released():
             writer = fastavro.parse_schema(old)
-            by_fp[fingerprint_bytes(writer)] = Contract(model, reader, writer, raw, current.header)
-        by_fp[fingerprint_bytes(reader)] = current
-    return by_model, by_fp
+            found.by_fingerprint[fingerprint_bytes(writer)] = Contract(
+                entry.model, reader, writer, raw, header
+            )
+        found.by_fingerprint[fingerprint_bytes(reader)] = current
+    return found
+
+
+def _contract_of(model: type[BaseModel]) -> Contract:
+    found = contracts().by_model.get(model)
+    if found is None:
+        raise KeyError(f"{model.__name__} is not a record type: see schemas.catalogue.register")
+    return found
 
 
 def fingerprint_of(model: type[BaseModel]) -> bytes:
     """The 8-byte CRC-64-AVRO fingerprint that heads every single-object record of ``model``."""
-    return contracts()[0][model].header[2:]
+    return _contract_of(model).header[2:]
 
 
 def _body(record: BaseModel, contract: Contract) -> bytes:
@@ -128,7 +121,6 @@ class Codec:
         self.registry = registry
         self._ids: dict[type[BaseModel], int] = {}
         self._by_id: dict[int, Contract] = {}  # registry ids are immutable: cache forever
-        self._by_name = {full_name(c.raw): c for c in contracts()[0].values()}
 
     @property
     def wire_format(self) -> str:
@@ -136,17 +128,17 @@ class Codec:
 
     def register_all(self) -> dict[str, int]:
         """Register every current schema now, so encoding never waits on the registry."""
-        return {m.__name__: self._schema_id(m) for m in SCHEMA_FILES}
+        return {m.__name__: self._schema_id(m) for m in contracts().by_model}
 
     def _schema_id(self, model: type[BaseModel]) -> int:
         if model not in self._ids:
             assert self.registry is not None
-            raw = contracts()[0][model].raw
+            raw = _contract_of(model).raw
             self._ids[model] = self.registry.register(full_name(raw), raw)
         return self._ids[model]
 
     def encode(self, record: BaseModel) -> bytes:
-        contract = contracts()[0][type(record)]
+        contract = _contract_of(type(record))
         if self.registry is None:
             header = contract.header
         else:
@@ -157,7 +149,7 @@ class Codec:
         """Decode a record in either wire format, picking the schema from its header."""
         if data[:2] == SINGLE_OBJECT_MAGIC and len(data) >= SINGLE_OBJECT_HEADER:
             fp = data[2:SINGLE_OBJECT_HEADER]
-            contract = contracts()[1].get(fp)
+            contract = contracts().by_fingerprint.get(fp)
             if contract is None:
                 raise UnknownSchema(f"no schema with fingerprint {fp.hex()}")
             return _read(data, SINGLE_OBJECT_HEADER, contract)
@@ -178,7 +170,7 @@ class Codec:
             return self._by_id[schema_id]
         assert self.registry is not None
         writer_raw = self.registry.schema(schema_id)
-        current = self._by_name.get(full_name(writer_raw))
+        current = contracts().by_name.get(full_name(writer_raw))
         if current is None:
             raise UnknownSchema(f"registry schema {schema_id} is {full_name(writer_raw)}, not ours")
         writer = fastavro.parse_schema(writer_raw)

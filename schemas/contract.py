@@ -1,6 +1,6 @@
 """Keeping the contracts honest: pydantic ⇄ ``.avsc`` drift, and backward compatibility.
 
-**Drift.** Each pydantic model in :data:`schemas.codec.SCHEMA_FILES` must say exactly what its
+**Drift.** Each pydantic model in :mod:`schemas.catalogue` must say exactly what its
 ``.avsc`` says: the same fields in the same order, with matching types, nullability, enum symbols,
 decimal precision/scale and logical types. :func:`drift` lists every difference.
 
@@ -17,11 +17,12 @@ from __future__ import annotations
 import types
 from datetime import date, datetime
 from decimal import Decimal
-from importlib import resources
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+
+from schemas import catalogue
 
 PROMOTIONS = {
     ("int", "long"),
@@ -177,32 +178,15 @@ def incompatible_record(
     return problems
 
 
-def released_versions() -> dict[str, list[tuple[int, dict[str, Any]]]]:
-    """Released schemas by file stem: ``{"ticket_triaged": [(1, schema), ...]}``."""
-    import json
-
-    found: dict[str, list[tuple[int, dict[str, Any]]]] = {}
-    folder = resources.files("schemas").joinpath("avro", "released")
-    for entry in folder.iterdir():
-        if entry.name.endswith(".avsc"):
-            stem, version = entry.name[: -len(".avsc")].rsplit(".v", 1)
-            found.setdefault(stem, []).append((int(version), json.loads(entry.read_text("utf-8"))))
-    return {k: sorted(v, key=lambda p: p[0]) for k, v in found.items()}
-
-
 def incompatibilities() -> list[str]:
-    """Drift of every model, and every way a current schema fails to read a released one."""
-    from schemas.codec import SCHEMA_FILES, load_schema
-
+    """Drift of every record type, and every way a current schema fails to read a released one."""
     problems = []
-    released = released_versions()
-    for model, filename in SCHEMA_FILES.items():
-        current = load_schema(filename)
-        problems += [f"{filename}: {p}" for p in drift(model, current)]
-        stem = filename[: -len(".avsc")]
-        if stem not in released:
-            problems.append(f"{filename}: no released version in schemas/avro/released/")
-        for version, old in released.get(stem, []):
+    for entry in catalogue.entries():
+        filename, current, released = entry.filename, entry.schema(), entry.released()
+        problems += [f"{filename}: {p}" for p in drift(entry.model, current)]
+        if not released:
+            problems.append(f"{filename}: no released version in {entry.released_dir}")
+        for version, old in released:
             problems += [
                 f"{filename} cannot read v{version}: {p}" for p in incompatible_record(current, old)
             ]

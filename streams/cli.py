@@ -31,28 +31,29 @@ def _check_redis(settings: Settings) -> None:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
-    from agents.invoice import InvoiceExtractionAgent
-    from agents.llm import LLMClient
-    from agents.triage import TicketTriageAgent
+    from streams import compose
     from streams.app import create_app
-    from streams.pipeline import InvoicePipeline, TicketPipeline
+    from streams.flow import select
     from streams.topics import ensure_topics
 
     config = logconfig.configure(settings.log_level, settings.log_format)
+    specs = select(args.flow)
     _check_redis(settings)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings))
-    llm = LLMClient(settings.llm_config())
-    llm.start()
-    codec = settings.codec()
+    codec = compose.codec(settings)
     log.info("codec", wire_format=codec.wire_format, registry=settings.schema_registry_url)
-    app = create_app(
-        settings,
-        TicketPipeline(TicketTriageAgent(llm), settings, codec),
-        InvoicePipeline(InvoiceExtractionAgent(llm, settings.document_dir), settings, codec),
+    flows, _llm = compose.flows(settings, specs)
+    app = create_app(settings, flows, codec)
+    names = [f.name for f in flows]
+    log.info(
+        "worker.starting",
+        app_id=settings.app_id,
+        flows=names,
+        topics=settings.topics.for_flows(names),
+        max_in_flight=settings.max_in_flight,
     )
-    log.info("worker.starting", app_id=settings.app_id, topics=settings.topics.all())
     worker = faust.Worker(
         app, loglevel=settings.log_level, logging_config=config, loop=loop, override_logging=True
     )
@@ -121,7 +122,12 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sluice", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("worker", help="run the stream worker (faust) until interrupted")
+    w = sub.add_parser("worker", help="run the stream worker (faust) until interrupted")
+    w.add_argument(
+        "--flow",
+        action="append",
+        help="a registered flow to run (repeatable; default: all), or package.module:SPEC",
+    )
     sub.add_parser("topics", help="create every configured topic that is missing")
     p = sub.add_parser("produce", help="produce JSON lines from a file or stdin to a topic")
     p.add_argument("topic")

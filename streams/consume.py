@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaConsumer
 
 from schemas.errors import SluiceError
+from streams import compose
 from streams.settings import Settings
 from streams.topics import partitions
 
@@ -47,7 +48,7 @@ async def consume(
     idle_timeout_s: float | None,
 ) -> int:
     """Print records until ``max_records``, or ``idle_timeout_s`` without one, or forever."""
-    codec = settings.codec()
+    codec = compose.codec(settings, register=False)  # a reader: registers nothing
     tps = await partitions(settings, [topic])
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False

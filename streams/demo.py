@@ -93,11 +93,11 @@ async def run_demo(settings: Settings, *, timeout_s: float, state_dir: Path) -> 
     sent = await produce_lines(settings, settings.topics.tickets_received, events)
     docs = sample_documents(uuid.uuid4().hex[:8])
     sent += await produce_lines(
-        settings, settings.topics.documents_received, docs, key_field="document_id"
+        settings, settings.topics.invoices_received, docs, key_field="document_id"
     )
     print(
         f"produced {len(events)} tickets to {settings.topics.tickets_received} and {len(docs)} "
-        f"documents to {settings.topics.documents_received}; waiting for lanes ..."
+        f"documents to {settings.topics.invoices_received}; waiting for lanes ..."
     )
     wanted = {(s.topic, s.partition, s.offset) for s in sent}
     tally = await collect(settings, start, wanted, timeout_s=timeout_s)

@@ -8,43 +8,35 @@ each message only once it is accounted for, and keep running after poison input.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Generic, TypeVar
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
 
-from agents.invoice import CENT, InvoiceExtractionAgent
-from agents.triage import TicketTriageAgent
 from schemas.codec import Codec
-from schemas.events import DocumentReceived, TicketReceived, parse_event, peek_event_id
+from schemas.events import parse_event, peek_event_id
 from schemas.jsonlimits import Limits
-from schemas.records import (
-    AgentInfo,
-    InvoiceExtracted,
-    LineItem,
-    Route,
-    Source,
-    TicketTriaged,
-    Usage,
-)
+from schemas.records import AgentInfo, Route, Source, Usage
 from streams import deadletter
+from streams.flow import Envelope, Flow
 from streams.meta import Meta
 from streams.outcome import Outcome
-from streams.router import Decision, route
+from streams.router import Decision
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-AgentT = TypeVar("AgentT", TicketTriageAgent, InvoiceExtractionAgent)
 
-class Pipeline(Generic[AgentT]):
-    """The shared shape of a flow: parse, run the agent, route, encode — or dead-letter."""
+class Pipeline:
+    """One flow's per-event core: parse, run the agent, route, build the record — or
+    dead-letter. The same for every flow; what differs lives in the :class:`Flow`."""
 
-    flow = "flow"
-
-    def __init__(self, agent: AgentT, settings: Settings, codec: Codec | None = None) -> None:
-        self.agent: AgentT = agent
+    def __init__(
+        self, flow: Flow[Any, Any], settings: Settings, codec: Codec | None = None
+    ) -> None:
+        self.flow = flow.name
+        self.spec = flow
+        self.agent = flow.agent
         self.codec = codec or Codec()
         self.threshold = settings.auto_threshold
         self.topics = settings.topics
@@ -52,11 +44,31 @@ class Pipeline(Generic[AgentT]):
         self.limits = Limits(max_bytes=settings.max_message_bytes)
 
     def lane_topic(self, lane: str) -> str:
-        raise NotImplementedError
+        """The topic of this flow's ``auto`` or ``review`` lane."""
+        return self.topics.of(self.flow, "auto" if lane == "auto" else "review")
 
     async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
         """The result record of one event and its routing decision; raises on any failure."""
-        raise NotImplementedError
+        event = parse_event(meta.value, self.spec.event, self.limits)
+        result = await self.agent.run(event)
+        decision = self.spec.router(result, self.threshold)
+        envelope = Envelope(
+            event_id=event_id,
+            confidence=result.confidence.score,
+            agent=AgentInfo(
+                name=self.agent.name,
+                version=self.agent.version,
+                model=result.model,
+                prompt_version=result.prompt_version,
+            ),
+            route=Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold),
+            usage=result.usage,
+            source=Source(topic=meta.topic, partition=meta.partition, offset=meta.offset),
+            received_at=meta.timestamp or datetime.now(UTC),
+            processed_at=datetime.now(UTC),
+            confidence_detail=result.confidence,
+        )
+        return self.spec.record(event, result, envelope), decision
 
     async def handle(self, meta: Meta) -> Outcome:
         """The one outcome of ``meta``. Never raises, except ``CancelledError``.
@@ -123,110 +135,3 @@ class Pipeline(Generic[AgentT]):
             extra_headers=deadletter.headers(dl),
             usage=dl.usage,
         )
-
-    def agent_info(self, model: str, prompt: str) -> AgentInfo:
-        a = self.agent
-        return AgentInfo(name=a.name, version=a.version, model=model, prompt_version=prompt)
-
-    def route_info(self, decision: Decision) -> Route:
-        return Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold)
-
-
-def source_of(meta: Meta) -> Source:
-    return Source(topic=meta.topic, partition=meta.partition, offset=meta.offset)
-
-
-class TicketPipeline(Pipeline[TicketTriageAgent]):
-    flow = "tickets"
-
-    def lane_topic(self, lane: str) -> str:
-        return self.topics.tickets_auto if lane == "auto" else self.topics.tickets_review
-
-    async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
-        ticket = parse_event(meta.value, TicketReceived, self.limits)
-        t = await self.agent.triage(ticket)
-        a = t.answer
-        decision = route(
-            t.confidence.score,
-            self.threshold,
-            requires_human=a.requires_human,
-            issues=t.completion.issues,
-        )
-        record = TicketTriaged(
-            event_id=event_id,
-            ticket_id=ticket.ticket_id,
-            category=a.category,
-            priority=a.priority,
-            summary=a.summary,
-            confidence=t.confidence.score,
-            agent=self.agent_info(t.model, t.prompt_version),
-            route=self.route_info(decision),
-            usage=t.completion.usage,
-            source=source_of(meta),
-            received_at=meta.timestamp or datetime.now(UTC),
-            processed_at=datetime.now(UTC),
-            sentiment=a.sentiment,
-            team=a.team,
-            requires_human=a.requires_human,
-            reasoning=a.reasoning,
-            actions=t.actions,
-            confidence_detail=t.confidence,
-        )
-        return record, decision
-
-
-class InvoicePipeline(Pipeline[InvoiceExtractionAgent]):
-    flow = "invoices"
-
-    def lane_topic(self, lane: str) -> str:
-        return self.topics.invoices_auto if lane == "auto" else self.topics.invoices_review
-
-    async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
-        event = parse_event(meta.value, DocumentReceived, self.limits)
-        x = await self.agent.extract(event)
-        a = x.answer
-        # x.issues = problems left after re-asks + review flags (e.g. no invoice number printed:
-        # invoice_number is None). Either sends the record to review, and both are recorded.
-        decision = route(x.confidence.score, self.threshold, issues=x.issues)
-        record = InvoiceExtracted(
-            event_id=event_id,
-            document_id=event.document_id,
-            vendor_name=a.vendor_name,
-            invoice_number=a.invoice_number,
-            issue_date=a.issue_date,
-            due_date=a.due_date,
-            currency=a.currency.upper(),
-            line_items=[
-                LineItem(
-                    description=i.description,
-                    quantity=fit(i.quantity, QUANTITY),
-                    unit_price=fit(i.unit_price, CENT),
-                    amount=fit(i.amount, CENT),
-                )
-                for i in a.line_items
-            ],
-            subtotal=fit(a.subtotal, CENT),
-            tax=fit(a.tax, CENT),
-            total=fit(a.total, CENT),
-            field_confidence=x.field_confidence,
-            confidence=x.confidence.score,
-            agent=self.agent_info(x.model, x.prompt_version),
-            route=self.route_info(decision),
-            usage=x.completion.usage,
-            source=source_of(meta),
-            received_at=meta.timestamp or datetime.now(UTC),
-            processed_at=datetime.now(UTC),
-            validation_issues=x.issues,
-            confidence_detail=x.confidence,
-            content_type=x.document.content_type,
-        )
-        return record, decision
-
-
-QUANTITY = Decimal("0.001")
-
-
-def fit(value: Decimal, step: Decimal) -> Decimal:
-    """Round to the Avro scale. The agent's schema already bounds amounts below 1e15 (finite),
-    so the result fits decimal(18, 2) and decimal(12, 3)."""
-    return value.quantize(step, rounding=ROUND_HALF_UP)

@@ -7,34 +7,58 @@ Every variable is listed with its default in the README.
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agents.llm import LLMConfig
-from agents.usage import parse_prices
-from schemas.codec import Codec
-from schemas.registry import RegistryClient
-
 
 class Topics:
-    """Resolved topic names: the configured base names plus ``topic_suffix``."""
+    """Resolved topic names of every registered flow, plus the shared dead-letter topic.
+
+    Each flow has ``<flow>.received|auto|review|reviewed`` (or what its spec or
+    ``SLUICE_TOPIC_OVERRIDES`` says), with ``topic_suffix`` appended; attributes are
+    ``<flow>_<role>`` (``topics.tickets_auto``) and :meth:`of` looks them up by name.
+    """
 
     def __init__(self, s: Settings) -> None:
-        sfx = s.topic_suffix
-        self.tickets_received = s.topic_tickets_received + sfx
-        self.documents_received = s.topic_documents_received + sfx
-        self.tickets_auto = s.topic_tickets_auto + sfx
-        self.tickets_review = s.topic_tickets_review + sfx
-        self.invoices_auto = s.topic_invoices_auto + sfx
-        self.invoices_review = s.topic_invoices_review + sfx
-        self.deadletter = s.topic_deadletter + sfx
+        from streams.flow import ROLES, registered
+
+        self._names: dict[tuple[str, str], str] = {}
+        self._attrs: dict[str, str] = {}
+        for spec in registered():
+            for role in ROLES:
+                base = spec.topic(role)
+                name = s.topic_overrides.get(base, base) + s.topic_suffix
+                self._names[(spec.name, role)] = name
+                self._attrs[f"{spec.name.replace('-', '_')}_{role}"] = name
+        self.deadletter = s.topic_deadletter + s.topic_suffix
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self.__dict__["_attrs"][name]  # type: ignore[no-any-return]
+        except KeyError:
+            raise AttributeError(f"no topic {name!r}; flows: {sorted(self._attrs)}") from None
+
+    def of(self, flow: str, role: str) -> str:
+        """The topic of ``flow``'s ``role`` (received, auto, review, reviewed)."""
+        return self._names[(flow, role)]
+
+    def for_flows(self, flows: list[str] | None = None) -> list[str]:
+        """Every topic of ``flows`` (default: all registered), then the dead-letter topic."""
+        names = [n for (f, _), n in self._names.items() if flows is None or f in flows]
+        return [*names, self.deadletter]
 
     def all(self) -> list[str]:
-        return list(vars(self).values())
+        """Every topic Sluice creates: all roles of all registered flows, and deadletter."""
+        return self.for_flows()
+
+    def lanes(self) -> dict[str, str]:
+        """Output topic → lane, for reading results back (auto, review, deadletter)."""
+        out = {n: role for (_, role), n in self._names.items() if role in ("auto", "review")}
+        out[self.deadletter] = "deadletter"
+        return out
 
 
 class Settings(BaseSettings):
@@ -52,19 +76,18 @@ class Settings(BaseSettings):
     """Kafka brokers, comma separated."""
     app_id: str = "sluice"
     """Faust app id; also the consumer group id. Workers with the same id share partitions."""
-    topic_partitions: int = Field(3, ge=1)
-    """Partitions for every topic Sluice creates: the most workers a group can use at once."""
+    topic_partitions: int = Field(12, ge=1)
+    """Partitions for every topic Sluice creates: the most workers a group can use at once. 12
+    splits evenly over 1, 2, 3, 4, 6 or 12 workers; adding partitions later moves keys."""
     topic_replication: int = Field(1, ge=1)
     """Replication factor for created topics (1 for a single local broker; 3 in production)."""
     topic_suffix: str = ""
     """Appended to every topic name: isolates tests and demos sharing one cluster."""
-    topic_tickets_received: str = "tickets.received"
-    topic_documents_received: str = "documents.received"
-    topic_tickets_auto: str = "tickets.auto"
-    topic_tickets_review: str = "tickets.review"
-    topic_invoices_auto: str = "invoices.auto"
-    topic_invoices_review: str = "invoices.review"
     topic_deadletter: str = "deadletter"
+    """The one dead-letter topic every flow shares."""
+    topic_overrides: dict[str, str] = Field(default_factory=dict)
+    """JSON: a flow topic's default name → the name to use, e.g.
+    {"tickets.received": "support.tickets.v1"} (the suffix is still appended)."""
     max_message_bytes: int = Field(1_048_576, ge=65_536, le=100 * 1_048_576)
     """Largest Kafka message Sluice reads or writes, in bytes: sets the consumer's fetch sizes, the
     producer's max_request_size, the max.message.bytes of topics Sluice creates, and the largest
@@ -72,6 +95,20 @@ class Settings(BaseSettings):
     producer_timeout_s: float = Field(30.0, gt=0)
     """How long one write may wait for the broker's ack before the worker gives up and exits
     unacknowledged (the event is redelivered). faust's own default is 20 minutes."""
+    max_in_flight: int = Field(64, ge=1, le=10_000)
+    """Events one worker processes at once, over all its flows and partitions. LLM calls are
+    latency-bound: throughput is about max_in_flight / call latency until CPU or the provider's
+    own limit (llm_max_concurrency) is reached."""
+    max_unacked: int | None = Field(None, ge=1)
+    """Events one worker may hold taken but not yet acked (finished behind a slow head of their
+    partition, or running); unset: 8 x max_in_flight. Bounds memory while one event is slow."""
+    order_by_key: bool = False
+    """Process events with the same key on a partition one at a time, in arrival order."""
+    session_timeout_s: float = Field(10.0, ge=1.0)
+    """How long the group waits for a silent worker before giving its partitions to others:
+    the fail-over time after a crash (faust's default is 60 s)."""
+    heartbeat_interval_s: float = Field(3.0, gt=0)
+    """How often a worker tells the group it is alive; well below session_timeout_s."""
     max_strikes: int = Field(3, ge=1, le=100)
     """Failed attempts to write one input's outcome (counted in Redis across restarts) before a
     minimal dead letter replaces it, so one unwritable record cannot stop its partition."""
@@ -107,6 +144,10 @@ class Settings(BaseSettings):
     llm_context_tokens: int | None = Field(None, ge=1)
     """A remote model's context window per request (prompt + answer); unset: the provider decides.
     Set, a call that cannot fit is refused before it is sent (context_exceeded)."""
+    llm_max_concurrency: int | None = Field(None, ge=1)
+    """Calls in flight to the LLM provider at once, shared by every flow of a worker; unset:
+    local_parallel for the local model (its slots), max_in_flight for a remote provider. A 429
+    halves it until calls succeed again, and every call waits out the provider's retry-after."""
     llm_timeout_s: float = Field(30.0, gt=0)
     """Per-call timeout; a hung provider costs at most this per attempt."""
     llm_max_attempts: int = Field(3, ge=1, le=10)
@@ -133,34 +174,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     """auto: readable on a terminal, JSON lines otherwise."""
 
-    @cached_property
+    @property
     def topics(self) -> Topics:
+        """Topic names of every flow registered now (cheap; flows may register after start)."""
         return Topics(self)
-
-    def codec(self) -> Codec:
-        """The codec for this deployment; with a registry, every schema is registered now."""
-        if not self.schema_registry_url:
-            return Codec()
-        codec = Codec(RegistryClient(self.schema_registry_url))
-        codec.register_all()
-        return codec
-
-    def llm_config(self) -> LLMConfig:
-        return LLMConfig(
-            api_key=self.openai_api_key.get_secret_value() if self.openai_api_key else None,
-            base_url=self.openai_base_url,
-            model=self.model,
-            timeout_s=self.llm_timeout_s,
-            max_attempts=self.llm_max_attempts,
-            max_validation_attempts=self.llm_max_validation_attempts,
-            deadline_s=self.llm_deadline_s,
-            token_budget=self.llm_token_budget,
-            logprobs=self.llm_logprobs,
-            prices=parse_prices(self.llm_prices),
-            local_model_path=self.local_model_path,
-            local_threads=self.local_threads,
-            context_tokens=self.llm_context_tokens,
-            local_context=self.local_context,
-            local_parallel=self.local_parallel,
-            local_cache_mib=self.local_cache_mib,
-        )

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from schemas.codec import SINGLE_OBJECT_MAGIC, fingerprint_bytes, load_schema
+from schemas.catalogue import load_schema
+from schemas.codec import SINGLE_OBJECT_MAGIC, fingerprint_bytes
 from schemas.contract import _decimal_bounds
 from schemas.records import (
     AgentInfo,

@@ -94,10 +94,11 @@ class Worker:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_worker(env: dict[str, str], log: Path) -> Worker:
+def start_worker(env: dict[str, str], log: Path, *args: str) -> Worker:
+    """``sluice worker`` with ``args`` (e.g. ``--flow notes``) as a process, output in ``log``."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
+            [sys.executable, "-m", "streams.cli", "worker", *args],
             env=env,
             cwd=ROOT,
             stdout=out,
@@ -111,7 +112,7 @@ def running_fault_server(log: Path, *args: str) -> Iterator[str]:
     """The fault-injecting OpenAI-compatible server as a process; yields its /v1 base URL."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fault_server", "--port", "0", *args],
+            [sys.executable, "-m", "agents.testing.fault_server", "--port", "0", *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=out,

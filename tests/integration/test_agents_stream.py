@@ -70,7 +70,7 @@ async def test_both_agents_on_the_local_model(isolated: Isolated, tmp_path: Path
             s.bootstrap_servers, t.tickets_received, [json.dumps(x).encode() for x in tickets]
         )
         sent += await send_values(
-            s.bootstrap_servers, t.documents_received, [json.dumps(d).encode() for d in doc_events]
+            s.bootstrap_servers, t.invoices_received, [json.dumps(d).encode() for d in doc_events]
         )
         tally = await collect(s, start, set(sent), timeout_s=840)
         assert worker.alive(), worker.log_tail()

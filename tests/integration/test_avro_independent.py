@@ -19,7 +19,7 @@ import pytest
 from pydantic import BaseModel
 
 from schemas import codec
-from schemas.codec import SCHEMA_FILES
+from schemas.catalogue import entry
 from schemas.records import DeadLetter
 from tests.integration.conftest import ROOT
 from tests.records import SAMPLES, dead_letter_v1_bytes
@@ -83,7 +83,7 @@ def plain(record: BaseModel) -> dict:  # type: ignore[type-arg]
 def test_java_decodes_our_bytes(avro_java: Path, tmp_path: Path, record: BaseModel) -> None:
     data = tmp_path / "record.bin"
     data.write_bytes(codec.encode(record))
-    fp, decoded = java_decode(avro_java, [AVSC / SCHEMA_FILES[type(record)]], [data])
+    fp, decoded = java_decode(avro_java, [AVSC / entry(type(record)).filename], [data])
     assert fp == codec.fingerprint_of(type(record)).hex()  # Java computes the same fingerprint
     assert len(decoded) == 1
     for key, value in plain(record).items():
@@ -107,7 +107,7 @@ def test_java_reads_a_released_v1_record_with_the_current_schema(
 
 @pytest.mark.parametrize("record", SAMPLES, ids=lambda r: type(r).__name__)
 def test_python_avro_decodes_our_bodies(record: BaseModel) -> None:
-    schema = avro.schema.parse((AVSC / SCHEMA_FILES[type(record)]).read_text())
+    schema = avro.schema.parse((AVSC / entry(type(record)).filename).read_text())
     data = codec.encode(record)
     reader = avro.io.DatumReader(schema, schema)
     decoded = reader.read(avro.io.BinaryDecoder(io.BytesIO(data[codec.SINGLE_OBJECT_HEADER :])))

@@ -8,11 +8,11 @@ import asyncio
 import json
 from pathlib import Path
 
+from agents.testing.fault_server import answer_marker
 from schemas.records import DeadLetter, TicketTriaged
 from streams.lanes import collect, end_offsets, lane_topics
 from streams.meta import Meta
 from streams.settings import Settings
-from tests.fault_server import answer_marker
 from tests.integration.conftest import (
     Isolated,
     Worker,

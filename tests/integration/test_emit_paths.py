@@ -21,11 +21,11 @@ from pathlib import Path
 
 import redis
 
+from agents.testing.fault_server import answer_marker, fault_marker
 from schemas import codec
 from schemas.records import DeadLetter, TicketTriaged
 from streams.emit import EXIT_EMIT_FAILED
 from streams.topics import ensure_topics
-from tests.fault_server import answer_marker, fault_marker
 from tests.integration.conftest import (
     Broker,
     Isolated,

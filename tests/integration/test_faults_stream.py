@@ -12,9 +12,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from agents.testing.fault_server import answer_marker, fault_marker
 from schemas.records import DeadLetter, TicketTriaged
 from streams.lanes import collect, end_offsets, lane_topics
-from tests.fault_server import answer_marker, fault_marker
 from tests.integration.conftest import Isolated, start_worker
 from tests.records import GOOD_TRIAGE
 

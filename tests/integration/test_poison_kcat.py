@@ -51,7 +51,7 @@ async def test_poison_corpus_through_a_worker(
 ) -> None:
     s = isolated.settings
     t = s.topics
-    topic_of = {"tickets": t.tickets_received, "documents": t.documents_received}
+    topic_of = {"tickets": t.tickets_received, "documents": t.invoices_received}
     await set_topic_config(s.bootstrap_servers, t.tickets_received, {"max.message.bytes": THREE_MB})
     entries = corpus.load()
     start = {tp: 0 for tp in await end_offsets(s, list(lane_topics(s)))}

@@ -12,22 +12,29 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from pydantic import BaseModel
 
-from schemas.codec import SCHEMA_FILES, Codec, full_name, load_schema
+from agents.testing.fault_server import FaultServer, answer_marker
+from schemas import catalogue
+from schemas.catalogue import full_name, load_schema
+from schemas.codec import Codec
 from schemas.errors import IncompatibleSchema, UnknownSchema
 from schemas.records import DeadLetter, TicketTriaged
 from schemas.registry import RegistryClient
-from streams.lanes import end_offsets
-from tests.fault_server import FaultServer, answer_marker
-from tests.integration.conftest import ROOT, Isolated, start_worker
+from streams.lanes import collect, end_offsets
+from tests.integration.conftest import ROOT, Isolated, send_values, start_worker
 from tests.integration.kcat import produce, wait_for
-from tests.records import GOOD_TRIAGE, dead_letter_v1_bytes, records
+from tests.records import GOOD_TRIAGE, SAMPLES, dead_letter_v1_bytes, records
 
 LOCAL = f"http://127.0.0.1:{os.environ.get('SLUICE_REGISTRY_PORT', '8081')}/apis/ccompat/v7"
 
@@ -46,13 +53,13 @@ def fresh_codec(url: str) -> Codec:
     return Codec(RegistryClient(url))
 
 
-@pytest.mark.parametrize("model", list(SCHEMA_FILES), ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", catalogue.models(), ids=lambda m: m.__name__)
 def test_round_trip_confluent_framing(registry_url: str, model: type[BaseModel]) -> None:
     writer = fresh_codec(registry_url)
     schema_id = writer.register_all()[model.__name__]
     # What the registry holds under that id is our .avsc, so any Confluent deserializer reads it.
     stored = RegistryClient(registry_url).schema(schema_id)
-    assert stored == load_schema(SCHEMA_FILES[model])
+    assert stored == catalogue.entry(model).schema()
 
     @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(records(model))
@@ -68,7 +75,7 @@ def test_round_trip_confluent_framing(registry_url: str, model: type[BaseModel])
 def test_registering_is_idempotent(registry_url: str) -> None:
     first = fresh_codec(registry_url).register_all()
     assert fresh_codec(registry_url).register_all() == first
-    assert len(set(first.values())) == len(SCHEMA_FILES)
+    assert len(set(first.values())) == len(catalogue.models())
 
 
 def test_unknown_schema_id_is_a_precise_error(registry_url: str) -> None:
@@ -191,3 +198,100 @@ def test_worker_writes_confluent_framing_that_consumers_read(
     triaged = next(r.value for r in out if r.topic != t.deadletter)
     with pytest.raises(UnknownSchema, match="SCHEMA_REGISTRY_URL"):
         Codec().decode_as(triaged or b"", TicketTriaged)
+
+
+class RecordingProxy(ThreadingHTTPServer):
+    """Forwards every request to the real registry and records ``(method, path)``."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Forward)
+        self.upstream = upstream
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, str]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Forward(BaseHTTPRequestHandler):
+    server: RecordingProxy
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _forward(self) -> None:
+        with self.server.lock:
+            self.server.requests.append((self.command, self.path))
+        length = int(self.headers.get("Content-Length") or 0)
+        request = urllib.request.Request(
+            self.server.upstream + self.path,
+            method=self.command,
+            data=self.rfile.read(length) if length else None,
+            headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                status, body, kind = answer.status, answer.read(), answer.headers["Content-Type"]
+        except urllib.error.HTTPError as exc:
+            status, body, kind = exc.code, exc.read(), exc.headers["Content-Type"]
+        self.send_response(status)
+        self.send_header("Content-Type", kind or "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _forward
+
+
+@pytest.fixture
+def recording_registry(registry_url: str) -> Iterator[RecordingProxy]:
+    proxy = RecordingProxy(registry_url)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join()
+
+
+def test_readers_never_register(
+    registry_url: str, recording_registry: RecordingProxy, isolated: Isolated
+) -> None:
+    """`sluice consume` and the lane tally decode Confluent framing by id lookups alone."""
+    s = isolated.settings
+    record = next(r for r in SAMPLES if isinstance(r, DeadLetter))
+    data = fresh_codec(registry_url).encode(record)  # the writer registers, directly
+    assert data[:1] == b"\x00"
+    start = asyncio.run(end_offsets(s, [s.topics.deadletter]))
+    asyncio.run(send_values(s.bootstrap_servers, s.topics.deadletter, [data], partition=0))
+
+    env = {**isolated.env, "SCHEMA_REGISTRY_URL": recording_registry.url}
+    printed = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "consume", s.topics.deadletter, "--from-beginning"]
+        + ["--max", "1", "--idle-timeout", "20"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout.decode()
+    line = json.loads(printed.strip().splitlines()[-1])
+    assert line["type"] == "DeadLetter", line
+    assert line["value"]["event_id"] == record.event_id
+
+    src = record.source
+    reader = s.model_copy(update={"schema_registry_url": recording_registry.url})
+    tally = asyncio.run(
+        collect(reader, start, {(src.topic, src.partition, src.offset)}, timeout_s=60)
+    )
+    assert tally.counts()["deadletter"] == 1
+
+    with recording_registry.lock:
+        seen = list(recording_registry.requests)
+    assert seen, "the readers never asked the registry"
+    assert [r for r in seen if r[0] != "GET" or "/schemas/ids/" not in r[1]] == [], seen

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
+from agents.testing.fault_server import answer_marker
 from schemas import codec
 from schemas.records import DeadLetter
 from streams.lanes import collect, end_offsets, lane_topics
 from streams.settings import Settings
 from streams.topics import partitions
-from tests.fault_server import answer_marker
 from tests.integration.conftest import Isolated, fake_model_env, send_values, start_worker, stop
 from tests.poison.corpus import TRIAGE_ANSWER
 
@@ -64,7 +64,7 @@ async def test_no_secret_leaves_its_field(
     worker = start_worker(env, tmp_path / "worker.log")
     try:
         sent = await send_values(s.bootstrap_servers, t.tickets_received, list(tickets()))
-        sent += await send_values(s.bootstrap_servers, t.documents_received, list(documents()))
+        sent += await send_values(s.bootstrap_servers, t.invoices_received, list(documents()))
         tally = await collect(s, start, set(sent), timeout_s=120)
     finally:
         stop(worker)

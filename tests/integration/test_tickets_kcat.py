@@ -6,9 +6,9 @@ The model is the fault server, so each ticket's lane is known: with the model do
 import json
 from pathlib import Path
 
+from agents.testing.fault_server import answer_marker
 from schemas import codec
 from schemas.records import TicketTriaged
-from tests.fault_server import answer_marker
 from tests.integration.conftest import Isolated, fake_model_env, start_worker, stop
 from tests.integration.kcat import produce, wait_for
 from tests.poison.corpus import TRIAGE_ANSWER

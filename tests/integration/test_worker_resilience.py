@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from agents.testing.fault_server import answer_marker
 from schemas import codec
 from schemas.records import DeadLetter, TicketTriaged
-from tests.fault_server import answer_marker
 from tests.integration.conftest import (
     ROOT,
     Isolated,

@@ -18,7 +18,7 @@ from typing import Any
 
 from fpdf import FPDF
 
-from tests.fault_server import answer_marker
+from agents.testing.fault_server import answer_marker
 from tests.records import GOOD_TRIAGE
 
 HERE = Path(__file__).parent

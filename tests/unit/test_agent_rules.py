@@ -26,8 +26,10 @@ from evals.documents import load_invoices, render_pdf, render_text
 from schemas import codec
 from schemas.events import DocumentReceived, TicketReceived
 from schemas.records import InvoiceExtracted, LineItem
+from streams.builtin import invoice_record
+from streams.flow import Flow
 from streams.meta import Meta
-from streams.pipeline import InvoicePipeline
+from streams.pipeline import Pipeline
 from streams.settings import Settings
 from tests.records import GOOD_TRIAGE, SAMPLES, USAGE
 
@@ -262,9 +264,9 @@ async def test_invoice_without_number_goes_to_review_with_a_null_number(
     number: str | None, lane: str
 ) -> None:
     llm = FakeLLM(invoice(invoice_number=number, confidence=0.95))
-    pipeline = InvoicePipeline(
-        InvoiceExtractionAgent(llm),  # type: ignore[arg-type]
-        Settings(topic_suffix=".unit"),
+    agent = InvoiceExtractionAgent(llm)  # type: ignore[arg-type]
+    pipeline = Pipeline(
+        Flow("invoices", DocumentReceived, agent, invoice_record), Settings(topic_suffix=".unit")
     )
     value = json.dumps({"document_id": "D-1", "text": "Invoice\nScrews 2 x 12.50"}).encode()
     outcome = await pipeline.handle(

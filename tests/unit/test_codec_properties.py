@@ -6,12 +6,12 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from schemas import codec
-from schemas.codec import SCHEMA_FILES
+from schemas.catalogue import models
 from schemas.errors import CodecError
 from tests.records import SAMPLES, records
 
 
-@pytest.mark.parametrize("model", list(SCHEMA_FILES), ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", models(), ids=lambda m: m.__name__)
 def test_round_trip_single_object(model: type[BaseModel]) -> None:
     @settings(max_examples=150, deadline=None)
     @given(records(model))

@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from schemas import codec
-from schemas.codec import SCHEMA_FILES, load_schema
+from schemas import catalogue, codec
+from schemas.catalogue import load_schema
 from schemas.contract import drift, incompatibilities, incompatible_record
 from schemas.records import DeadLetter, InvoiceExtracted, TicketTriaged
 from tests.records import dead_letter_v1_bytes
@@ -16,9 +16,9 @@ def test_repository_contracts_are_clean() -> None:
     assert incompatibilities() == []
 
 
-@pytest.mark.parametrize("model", list(SCHEMA_FILES))
+@pytest.mark.parametrize("model", catalogue.models())
 def test_every_model_matches_its_avsc(model: type) -> None:
-    assert drift(model, load_schema(SCHEMA_FILES[model])) == []
+    assert drift(model, catalogue.entry(model).schema()) == []
 
 
 def field(schema: dict[str, Any], name: str) -> dict[str, Any]:

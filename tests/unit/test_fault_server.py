@@ -26,7 +26,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel, Field, ValidationError
 
-from tests.fault_server import (
+from agents.testing.fault_server import (
     REFUSAL_TEXT,
     FaultServer,
     answer_marker,
@@ -401,7 +401,15 @@ async def test_async_client_on_another_loop(server: FaultServer) -> None:
 
 def test_cli_serves_until_sigterm() -> None:
     with subprocess.Popen(
-        [sys.executable, "-m", "tests.fault_server", "--port", "0", "--default", "refusal"],
+        [
+            sys.executable,
+            "-m",
+            "agents.testing.fault_server",
+            "--port",
+            "0",
+            "--default",
+            "refusal",
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

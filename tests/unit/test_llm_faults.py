@@ -21,6 +21,13 @@ from structlog.testing import capture_logs
 
 import agents.llm
 from agents.llm import LLMClient, LLMConfig, Validator, reask_message
+from agents.testing.fault_server import (
+    SCHEMA_VIOLATION_TEXT,
+    Call,
+    FaultServer,
+    answer_marker,
+    fault_marker,
+)
 from agents.usage import estimate_tokens
 from schemas.errors import (
     BudgetExceeded,
@@ -31,13 +38,6 @@ from schemas.errors import (
     Refusal,
     RequestRejected,
     Truncated,
-)
-from tests.fault_server import (
-    SCHEMA_VIOLATION_TEXT,
-    Call,
-    FaultServer,
-    answer_marker,
-    fault_marker,
 )
 
 

@@ -16,6 +16,7 @@ import agents.llm
 from agents.llm import LLMClient, LLMConfig
 from agents.local_model import LOCAL_CTX_CHECKPOINTS, LocalModelServer, server_params
 from schemas.errors import ConfigError
+from streams import compose
 from streams.settings import Settings
 
 
@@ -45,7 +46,7 @@ def test_defaults_turn_llama_cpps_8_gib_prompt_cache_off(
 ) -> None:
     for name in ("SLUICE_LOCAL_CONTEXT", "SLUICE_LOCAL_PARALLEL", "SLUICE_LOCAL_CACHE_MIB"):
         monkeypatch.delenv(name, raising=False)
-    config = Settings().llm_config()
+    config = compose.llm_config(Settings())
     assert (config.local_context, config.local_parallel, config.local_cache_mib) == (8192, 2, 0)
     params = server_params(
         gguf,
@@ -63,11 +64,11 @@ def test_settings_reach_the_llm_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLUICE_LOCAL_PARALLEL", "1")
     monkeypatch.setenv("SLUICE_LOCAL_CACHE_MIB", "128")
     monkeypatch.setenv("SLUICE_LLM_CONTEXT_TOKENS", "16000")
-    config = Settings().llm_config()
+    config = compose.llm_config(Settings())
     assert (config.local_context, config.local_parallel, config.local_cache_mib) == (2048, 1, 128)
     assert config.context_tokens == 16000
     monkeypatch.delenv("SLUICE_LLM_CONTEXT_TOKENS")
-    assert Settings().llm_config().context_tokens is None
+    assert compose.llm_config(Settings()).context_tokens is None
 
 
 def test_an_unbounded_prompt_cache_is_refused(gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:

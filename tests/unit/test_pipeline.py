@@ -10,22 +10,33 @@ from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 
 from agents.llm import LLMClient, LLMConfig
-from agents.triage import TicketTriageAgent
+from agents.triage import TicketTriageAgent, Triage
 from schemas import codec
+from schemas.events import TicketReceived
 from schemas.records import DeadLetter
 from streams import deadletter
 from streams.app import _timestamp
+from streams.builtin import ticket_record
 from streams.emit import unwritable
+from streams.flow import Flow
 from streams.meta import Meta
-from streams.pipeline import TicketPipeline
+from streams.pipeline import Pipeline
 from streams.settings import Settings
 
 
-def pipeline() -> TicketPipeline:
+def tickets_flow(llm: LLMClient) -> Flow[TicketReceived, Triage]:
+    return Flow("tickets", TicketReceived, TicketTriageAgent(llm), ticket_record)
+
+
+def tickets(llm: LLMClient, settings: Settings) -> Pipeline:
+    return Pipeline(tickets_flow(llm), settings)
+
+
+def pipeline() -> Pipeline:
     # The client is never started: any event that reaches the model fails with ProviderError,
     # which is itself a path under test (provider down → dead letter, not a crash).
     llm = LLMClient(LLMConfig(max_attempts=1))
-    return TicketPipeline(TicketTriageAgent(llm), Settings(topic_suffix=".unit"))
+    return tickets(llm, Settings(topic_suffix=".unit"))
 
 
 def meta(value: bytes | None, offset: int = 5, headers: tuple = ()) -> Meta:  # type: ignore[type-arg]
@@ -91,10 +102,10 @@ async def test_traceparent_is_propagated() -> None:
     assert "x-other" not in headers
 
 
-def small_pipeline(max_message_bytes: int = 65_536) -> TicketPipeline:
+def small_pipeline(max_message_bytes: int = 65_536) -> Pipeline:
     llm = LLMClient(LLMConfig(max_attempts=1))
     settings = Settings(topic_suffix=".unit", max_message_bytes=max_message_bytes)
-    return TicketPipeline(TicketTriageAgent(llm), settings)
+    return tickets(llm, settings)
 
 
 @pytest.mark.parametrize(
@@ -133,11 +144,11 @@ async def test_an_original_too_large_to_embed_is_truncated_with_its_hash() -> No
 
 
 async def test_a_bug_of_ours_is_an_internal_error_dead_letter() -> None:
-    class Buggy(TicketPipeline):
+    class Buggy(Pipeline):
         async def result(self, meta: Meta, event_id: str) -> NoReturn:
             raise KeyError("a bug")
 
-    p = Buggy(TicketTriageAgent(LLMClient(LLMConfig())), Settings(topic_suffix=".unit"))
+    p = Buggy(tickets_flow(LLMClient(LLMConfig())), Settings(topic_suffix=".unit"))
     outcome = await p.handle(meta(b'{"ticket_id": "T-9", "body": "help"}'))
     record = codec.decode_as(outcome.value, DeadLetter)
     assert (record.reason, record.error_class) == ("internal_error", "builtins.KeyError")
@@ -148,11 +159,11 @@ async def test_an_error_that_cannot_even_be_printed_still_dead_letters() -> None
         def __str__(self) -> str:
             raise RuntimeError("no")
 
-    class Buggy(TicketPipeline):
+    class Buggy(Pipeline):
         async def result(self, meta: Meta, event_id: str) -> NoReturn:
             raise Hostile
 
-    p = Buggy(TicketTriageAgent(LLMClient(LLMConfig())), Settings(topic_suffix=".unit"))
+    p = Buggy(tickets_flow(LLMClient(LLMConfig())), Settings(topic_suffix=".unit"))
     record = codec.decode_as((await p.handle(meta(b"{}"))).value, DeadLetter)
     assert record.reason == "internal_error"
     assert "message unavailable" in record.error_message

@@ -14,15 +14,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agents.invoice import InvoiceExtractionAgent
 from agents.llm import LLMClient, LLMConfig
-from agents.triage import TicketTriageAgent
+from agents.testing.fault_server import FaultServer
 from schemas import codec
 from schemas.records import DeadLetter, InvoiceExtracted, TicketTriaged
+from streams.builtin import invoices_flow, tickets_flow
+from streams.flow import Runtime
 from streams.meta import Meta
-from streams.pipeline import InvoicePipeline, TicketPipeline
+from streams.pipeline import Pipeline
 from streams.settings import Settings
-from tests.fault_server import FaultServer
 from tests.poison import corpus
 
 ENTRIES = corpus.load()
@@ -37,7 +37,7 @@ def server() -> Iterator[FaultServer]:
 @pytest.fixture
 async def pipelines(
     server: FaultServer,
-) -> AsyncIterator[dict[str, TicketPipeline | InvoicePipeline]]:
+) -> AsyncIterator[dict[str, Pipeline]]:
     # Per test: the openai client's connections belong to the event loop that opened them.
     llm = LLMClient(
         LLMConfig(base_url=server.base_url, api_key="test", model="fault", logprobs=False)
@@ -45,8 +45,8 @@ async def pipelines(
     llm.start()
     settings = Settings(topic_suffix=".unit")
     yield {
-        "tickets": TicketPipeline(TicketTriageAgent(llm), settings),
-        "documents": InvoicePipeline(InvoiceExtractionAgent(llm), settings),
+        "tickets": Pipeline(tickets_flow(Runtime(settings, llm)), settings),
+        "documents": Pipeline(invoices_flow(Runtime(settings, llm)), settings),
     }
     await llm.close()
 
@@ -61,7 +61,7 @@ def test_the_corpus_is_big_and_varied_enough() -> None:
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[f"{e.id}-{e.note[:30]}" for e in ENTRIES])
 async def test_entry_ends_in_its_lane(
-    entry: corpus.Entry, pipelines: dict[str, TicketPipeline | InvoicePipeline]
+    entry: corpus.Entry, pipelines: dict[str, Pipeline]
 ) -> None:
     meta = Meta(f"{entry.topic}.received", 0, 7, datetime.now(UTC), b"k", entry.value)
     outcome = await pipelines[entry.topic].handle(meta)

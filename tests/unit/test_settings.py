@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from streams import compose
 from streams.settings import Settings
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
@@ -36,7 +37,7 @@ def test_ecosystem_names_and_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.topics.deadletter == "deadletter.t1"
     assert s.auto_threshold == 0.9
     assert "sk-test" not in repr(s)  # secrets never reach logs
-    assert s.llm_config().api_key == "sk-test"
+    assert compose.llm_config(s).api_key == "sk-test"
 
 
 def test_frozen_and_validated(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,6 +49,23 @@ def test_frozen_and_validated(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings()
 
 
-def test_topic_names_are_distinct() -> None:
-    names = Settings().topics.all()
-    assert len(names) == len(set(names)) == 7
+def test_topics_derive_from_flow_names_and_are_distinct() -> None:
+    t = Settings().topics
+    names = t.all()
+    assert len(names) == len(set(names)) == 2 * 4 + 1  # two flows x four roles + deadletter
+    assert (t.tickets_received, t.tickets_auto, t.tickets_reviewed) == (
+        "tickets.received",
+        "tickets.auto",
+        "tickets.reviewed",
+    )
+    assert t.of("invoices", "received") == "documents.received"  # the spec's override
+
+
+def test_topic_overrides_and_suffix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_TOPIC_OVERRIDES", '{"tickets.received": "support.tickets.v1"}')
+    monkeypatch.setenv("SLUICE_TOPIC_SUFFIX", ".x")
+    t = Settings().topics
+    assert t.tickets_received == "support.tickets.v1.x"
+    assert t.tickets_auto == "tickets.auto.x"
+    assert t.deadletter == "deadletter.x"
+    assert t.lanes()["tickets.review.x"] == "review"

@@ -1,4 +1,4 @@
-"""A fault-injecting, OpenAI-compatible chat server for tests and benchmarks.
+"""A fault-injecting, OpenAI-compatible chat server for tests and benchmarks (yours and ours).
 
 Why it exists: the LLM layer's retry, re-ask and routing logic only matters when the provider
 misbehaves, and a real provider cannot be made to misbehave on cue. This server speaks just enough
@@ -24,9 +24,18 @@ Faults: ``ok``, ``slow``, ``429``, ``500``, ``401``, ``403``, ``context_exceeded
 ``reset``, ``invalid_json``, ``schema_violation``, ``refusal``, ``truncated``, ``context_full``,
 ``content_filter`` (see :data:`FAULTS`).
 
-Run it standalone for subprocess tests::
+In a test, use it in-process (a background thread)::
 
-    python -m tests.fault_server --port 8099 --default ok --latency-ms 20
+    from agents.testing.fault_server import FaultServer, fault_marker
+
+    with FaultServer(latency_ms=20) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="unused")
+        ...  # put fault_marker("429", "ok") in a message; inspect server.calls afterwards
+
+Or run it standalone, e.g. for a worker in another process (``--port 0`` picks a free port and
+prints ``listening on <base_url>``)::
+
+    python -m agents.testing.fault_server --port 8099 --default ok --latency-ms 20
 """
 
 from __future__ import annotations
@@ -688,7 +697,8 @@ def _reset(request: web.Request) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.fault_server", description=__doc__.splitlines()[0] if __doc__ else ""
+        prog="python -m agents.testing.fault_server",
+        description=__doc__.splitlines()[0] if __doc__ else "",
     )
     parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
     parser.add_argument("--default", default="ok", choices=sorted(FAULTS))

@@ -1,0 +1,101 @@
+"""The two built-in flows, written against the public flow API like any user's flow.
+
+- ``tickets``: support tickets (``tickets.received``) → :class:`TicketTriageAgent` →
+  :class:`TicketTriaged` on ``tickets.auto`` / ``tickets.review``.
+- ``invoices``: documents (``documents.received``: PDF bytes, text or a path) →
+  :class:`InvoiceExtractionAgent` → :class:`InvoiceExtracted` on ``invoices.auto`` /
+  ``invoices.review``.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+from agents.base import AgentResult
+from agents.invoice import CENT, Extraction, InvoiceExtractionAgent
+from agents.triage import TicketTriageAgent, Triage
+from schemas.events import DocumentReceived, TicketReceived
+from schemas.records import InvoiceExtracted, LineItem, TicketTriaged
+from streams.flow import Envelope, Flow, FlowSpec, Runtime, register_flow
+
+QUANTITY = Decimal("0.001")
+
+
+def fit(value: Decimal, step: Decimal) -> Decimal:
+    """Round to the Avro scale. The agent's schema already bounds amounts below 1e15 (finite),
+    so the result fits decimal(18, 2) and decimal(12, 3)."""
+    return value.quantize(step, rounding=ROUND_HALF_UP)
+
+
+def ticket_record(
+    ticket: TicketReceived, result: AgentResult[Triage], envelope: Envelope
+) -> TicketTriaged:
+    """The ``TicketTriaged`` record of one triaged ticket."""
+    a = result.answer.answer
+    return TicketTriaged(
+        **envelope,
+        ticket_id=ticket.ticket_id,
+        category=a.category,
+        priority=a.priority,
+        summary=a.summary,
+        sentiment=a.sentiment,
+        team=a.team,
+        requires_human=a.requires_human,
+        reasoning=a.reasoning,
+        actions=result.answer.actions,
+    )
+
+
+def invoice_record(
+    event: DocumentReceived, result: AgentResult[Extraction], envelope: Envelope
+) -> InvoiceExtracted:
+    """The ``InvoiceExtracted`` record of one extracted document, amounts at Avro scale."""
+    x = result.answer
+    a = x.answer
+    return InvoiceExtracted(
+        **envelope,
+        document_id=event.document_id,
+        vendor_name=a.vendor_name,
+        invoice_number=a.invoice_number,
+        issue_date=a.issue_date,
+        due_date=a.due_date,
+        currency=a.currency.upper(),
+        line_items=[
+            LineItem(
+                description=i.description,
+                quantity=fit(i.quantity, QUANTITY),
+                unit_price=fit(i.unit_price, CENT),
+                amount=fit(i.amount, CENT),
+            )
+            for i in a.line_items
+        ],
+        subtotal=fit(a.subtotal, CENT),
+        tax=fit(a.tax, CENT),
+        total=fit(a.total, CENT),
+        field_confidence=x.field_confidence,
+        # unresolved problems after every re-ask, then review flags (no invoice number)
+        validation_issues=result.issues,
+        content_type=x.document.content_type,
+    )
+
+
+def tickets_flow(rt: Runtime) -> Flow[TicketReceived, Triage]:
+    """Ticket triage on the runtime's LLM client."""
+    return Flow("tickets", TicketReceived, TicketTriageAgent(rt.llm), ticket_record)
+
+
+def invoices_flow(rt: Runtime) -> Flow[DocumentReceived, Extraction]:
+    """Invoice extraction on the runtime's LLM client; documents by path from document_dir."""
+    agent = InvoiceExtractionAgent(rt.llm, rt.settings.document_dir)
+    return Flow("invoices", DocumentReceived, agent, invoice_record)
+
+
+TICKETS = register_flow(FlowSpec("tickets", tickets_flow, record_model=TicketTriaged))
+INVOICES = register_flow(
+    FlowSpec(
+        "invoices",
+        invoices_flow,
+        record_model=InvoiceExtracted,
+        topics={"received": "documents.received"},
+    )
+)

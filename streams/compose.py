@@ -1,0 +1,63 @@
+"""The composition root: the one place settings (plain data) become clients.
+
+Everything that talks to the outside — the Avro codec and its schema registry, the LLM client,
+the flows' agents — is built here from :class:`~streams.settings.Settings` and handed down, so
+modules receive what they use instead of reaching for configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.llm import LLMClient, LLMConfig
+from agents.usage import parse_prices
+from schemas.codec import Codec
+from schemas.registry import RegistryClient
+from streams.flow import Flow, FlowSpec, Runtime
+from streams.settings import Settings
+
+
+def codec(settings: Settings, *, register: bool = True) -> Codec:
+    """The codec for this deployment; with a registry, every schema is registered now.
+
+    ``register=False`` for readers (``sluice consume``, the lane tally): they register nothing,
+    and look up the schemas of Confluent-framed records by id as they meet them.
+    """
+    if not settings.schema_registry_url:
+        return Codec()
+    built = Codec(RegistryClient(settings.schema_registry_url))
+    if register:
+        built.register_all()
+    return built
+
+
+def llm_config(settings: Settings) -> LLMConfig:
+    """The LLM layer's configuration from the app's settings."""
+    s = settings
+    return LLMConfig(
+        api_key=s.openai_api_key.get_secret_value() if s.openai_api_key else None,
+        base_url=s.openai_base_url,
+        model=s.model,
+        timeout_s=s.llm_timeout_s,
+        max_attempts=s.llm_max_attempts,
+        max_validation_attempts=s.llm_max_validation_attempts,
+        deadline_s=s.llm_deadline_s,
+        token_budget=s.llm_token_budget,
+        logprobs=s.llm_logprobs,
+        prices=parse_prices(s.llm_prices),
+        local_model_path=s.local_model_path,
+        local_threads=s.local_threads,
+        context_tokens=s.llm_context_tokens,
+        local_context=s.local_context,
+        local_parallel=s.local_parallel,
+        local_cache_mib=s.local_cache_mib,
+        max_concurrency=s.llm_max_concurrency,
+    )
+
+
+def flows(settings: Settings, specs: list[FlowSpec]) -> tuple[list[Flow[Any, Any]], LLMClient]:
+    """Build ``specs`` on one started LLM client (shared, so its call limit is provider-wide)."""
+    llm = LLMClient(llm_config(settings))
+    llm.start()
+    runtime = Runtime(settings, llm)
+    return [spec.build(runtime) for spec in specs], llm
