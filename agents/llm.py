@@ -100,7 +100,8 @@ class LLMConfig:
     max_validation_attempts: int = 3
     """Answers per event that may fail validation before giving up (the first included)."""
     deadline_s: float = 90.0
-    """Wall-time bound of one structured() call: every attempt, backoff and re-ask."""
+    """Wall-time bound of one structured() call: every attempt, backoff and re-ask. Time spent
+    queueing for a free provider slot is not counted (see :class:`~agents.limiter.CallLimiter`)."""
     token_budget: int | None = 6000
     """Tokens (prompt + completion, every attempt) one event may spend; None: unbounded."""
     max_backoff_s: float = 8.0
@@ -358,7 +359,7 @@ class LLMClient:
             raise ProviderError("LLM client not started")
         cfg = self.config
         ledger = Ledger(self.model, cfg.prices, cfg.token_budget)
-        deadline = ledger.started + cfg.deadline_s
+        deadline = ledger.started + cfg.deadline_s  # moved on by every wait for a slot, below
         conversation = list(messages)
         prompt_need = await self._prompt_tokens(conversation, deadline)
         if self._blocked(ledger, prompt_need, max_tokens) == "context":
@@ -374,8 +375,11 @@ class LLMClient:
             cause: Exception | None = None
             began = time.monotonic()
             try:
-                # Waiting for a slot of the provider-wide limit counts against the deadline.
                 async with self.limiter.slot():
+                    # Waiting for a slot is the worker's backpressure (many events in flight, a
+                    # provider with few slots or a shared 429 pause), not time this event's calls
+                    # took: queueing must not dead-letter events. max_attempts bounds the waits.
+                    deadline += time.monotonic() - began
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise ProviderError(

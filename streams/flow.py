@@ -114,6 +114,8 @@ class FlowSpec:
 
 
 _REGISTRY: dict[str, FlowSpec] = {}
+#: Record types register_flow put in the catalogue, by flow: unregister_flow takes them out.
+_ADDED_RECORDS: dict[str, type[BaseModel]] = {}
 
 
 def register_flow(spec: FlowSpec) -> FlowSpec:
@@ -127,13 +129,17 @@ def register_flow(spec: FlowSpec) -> FlowSpec:
         if spec.record_avsc is None:
             raise ConfigError(f"flow {spec.name}: record_avsc is needed for a new record type")
         catalogue.register(spec.record_model, spec.record_avsc)
+        _ADDED_RECORDS[spec.name] = spec.record_model
     _REGISTRY[spec.name] = spec
     return spec
 
 
 def unregister_flow(name: str) -> None:
-    """Forget a flow (tests)."""
+    """Forget a flow, and the record type its registration added to the catalogue (tests)."""
     _REGISTRY.pop(name, None)
+    model = _ADDED_RECORDS.pop(name, None)
+    if model is not None:
+        catalogue.unregister(model)
 
 
 def registered() -> list[FlowSpec]:

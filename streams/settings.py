@@ -155,7 +155,8 @@ class Settings(BaseSettings):
     llm_max_validation_attempts: int = Field(3, ge=1, le=10)
     """Answers per event that may fail validation (each failure is re-asked) before giving up."""
     llm_deadline_s: float = Field(90.0, gt=0)
-    """Wall-time bound of one event's LLM step: every attempt, backoff and re-ask."""
+    """Wall-time bound of one event's LLM step: every attempt, backoff and re-ask (time queued
+    for a free provider slot, behind the worker's other events, is not counted)."""
     llm_token_budget: int | None = Field(12000, ge=1)
     """Tokens one event may spend over all its calls; a call that could overshoot is refused."""
     llm_logprobs: bool = True

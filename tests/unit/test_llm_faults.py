@@ -8,6 +8,7 @@ provider (:func:`agents.usage.estimate_tokens`), so "fits" and "does not fit" ar
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Literal
@@ -120,6 +121,28 @@ async def test_connection_reset_is_retried(server: FaultServer) -> None:
     c = await llm.structured(ask(fault_marker("reset", "ok"), "t-reset"), Answer)
     await llm.close()
     assert [a.outcome for a in c.usage.per_attempt] == ["connection_error", "ok"]
+
+
+async def test_queueing_for_a_provider_slot_does_not_spend_the_deadline() -> None:
+    # Six events share one provider slot; each needs two calls of 0.3 s (an invalid answer, then a
+    # re-ask). An event's own calls take 0.6 s, under its 1 s deadline, but it waits up to ~3 s for
+    # slots behind the others, first call and re-ask alike. Many events in flight on a provider
+    # with few slots is the engine's normal case: they must queue, not be dead-lettered.
+    with FaultServer(latency_ms=300) as slow:
+        llm = client(slow, deadline_s=1.0, max_concurrency=1)
+        try:
+            answers = await asyncio.gather(
+                *(
+                    llm.structured(ask(fault_marker("schema_violation", "ok"), f"q{i}"), Answer)
+                    for i in range(6)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            await llm.close()
+    assert [type(a).__name__ for a in answers] == ["Completion"] * 6, answers
+    assert all(a.reasks == 1 for a in answers)  # type: ignore[union-attr]
+    assert len(slow.calls) == 12  # two calls each: nothing timed out and was retried
 
 
 async def test_a_hung_provider_costs_at_most_the_deadline(server: FaultServer) -> None:
