@@ -38,8 +38,8 @@ def build_worker(
     """faust's Worker for ``app``, logging through ``config`` at the configured level.
 
     Without its start-up spinner: at WARNING and above faust adds the spinner as a root handler
-    and sets the root logger to DEBUG, so every library's debug and info call builds a record
-    (about 3% of a busy worker's CPU) and the spinner's escape codes land in the log.
+    and sets the root logger to DEBUG, so every library's debug and info call builds a record and
+    the spinner's escape codes land in the log file.
     """
     import faust
 
