@@ -221,9 +221,7 @@ async def produce(settings: Settings, tag: str, args: argparse.Namespace, sent: 
         (settings.topics.tickets_received, "ticket_id", v)
         for v in tickets(args.events - n_docs, tag)
     ]
-    flows += [
-        (settings.topics.invoices_received, "document_id", v) for v in documents(n_docs, tag)
-    ]
+    flows += [(settings.topics.invoices_received, "document_id", v) for v in documents(n_docs, tag)]
     random.Random(3).shuffle(flows)
     if args.pace_s <= 0:
         for topic, key in {(t, k) for t, k, _ in flows}:

@@ -17,17 +17,21 @@ breaker and the dead-letter code read a flag instead of walking ``isinstance`` l
     │   ├── UnknownSchema        a fingerprint or registry id we hold no schema for
     │   ├── CorruptRecord        a header or body that does not parse
     │   └── IncompatibleSchema   the registry refused a schema under its compatibility rule
-    └── AgentError               the LLM step failed; carries every attempt's usage, last output
-        ├── ProviderError        transport, 5xx, 429, timeouts (retriable)
-        ├── RequestRejected      400/401/403/404: wrong key, model or parameter (reason
-        │                        config_error: fix the deployment, then redrive)
-        ├── ContextExceeded      prompt + answer cannot fit the model's context window
-        ├── BudgetExceeded       the event's token budget would be or was exceeded
-        └── ModelBehaviorError   the model answered, but unusably: invalid JSON or schema after
-            │                    every re-ask (not retriable as-is)
-            ├── Refusal          the model declined to answer
-            ├── Truncated        the answer hit max_tokens
-            └── ContentFiltered  the provider's content filter blocked the answer
+    ├── AgentError               the LLM step failed; carries every attempt's usage, last output
+    │   ├── ProviderError        transport, 5xx, 429, timeouts (retriable)
+    │   ├── RequestRejected      400/401/403/404: wrong key, model or parameter (reason
+    │   │                        config_error: fix the deployment, then redrive)
+    │   ├── ContextExceeded      prompt + answer cannot fit the model's context window
+    │   ├── BudgetExceeded       the event's token budget would be or was exceeded
+    │   └── ModelBehaviorError   the model answered, but unusably: invalid JSON or schema after
+    │       │                    every re-ask (not retriable as-is)
+    │       ├── Refusal          the model declined to answer
+    │       ├── Truncated        the answer hit max_tokens
+    │       └── ContentFiltered  the provider's content filter blocked the answer
+    └── ToolError                a side effect did not run, or may not have
+        ├── EffectFailed         the target system said no: nothing happened (a tool raises it)
+        ├── IdempotencyConflict  the effect's key was claimed before with different input
+        └── StoreUnavailable     the idempotency store (Redis) did not answer: nothing was run
 """
 
 from __future__ import annotations
@@ -182,3 +186,36 @@ class ContentFiltered(ModelBehaviorError):
     """The provider's content filter withheld the answer (finish_reason ``content_filter``)."""
 
     reason = "content_filtered"
+
+
+class ToolError(SluiceError):
+    """A tool's side effect did not run, or may not have (see :mod:`agents.effects`)."""
+
+    reason = "tool_error"
+
+
+class EffectFailed(ToolError):
+    """Raised by a tool's ``apply`` when the target system refused: the effect definitely did not
+    happen, so the claim is released and a later attempt may run it. Anything else ``apply`` raises
+    (a timeout, a dropped connection) leaves the outcome unknown and goes through ``reconcile``.
+    """
+
+    reason = "effect_failed"
+
+    def __init__(self, message: str, *, retriable: bool = False) -> None:
+        super().__init__(message)
+        self.retriable_failure = retriable
+
+
+class IdempotencyConflict(ToolError):
+    """The same idempotency key was claimed earlier with different input (Stripe's rule): two
+    versions of one decision exist, and running the second would duplicate the effect."""
+
+    reason = "idempotency_conflict"
+
+
+class StoreUnavailable(ToolError):
+    """Redis did not answer: without a claim no effect may run; the event is retried later."""
+
+    retriable = True
+    reason = "idempotency_store_unavailable"

@@ -98,6 +98,7 @@ def create_app(
         order_by_key=settings.order_by_key,
         die=die,
     )
+
     async def send(outcome: Outcome) -> None:
         # Straight to the app's producer and wait for the broker's ack, before the input is
         # acked. (faust's Topic.send adds a FutureMessage, a buffer and a flush loop per record:

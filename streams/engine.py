@@ -98,9 +98,7 @@ class Engine(Generic[E]):
                 if self.order_by_key:
                     chain_key = (partition, key_of(event))
                     after = self._chains.get(chain_key)
-                job.task = asyncio.create_task(
-                    self._one(ticket, process, ack, after, chain_key)
-                )
+                job.task = asyncio.create_task(self._one(ticket, process, ack, after, chain_key))
                 mine.add(job.task)
                 job.task.add_done_callback(mine.discard)
                 if chain_key is not None:

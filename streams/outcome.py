@@ -33,9 +33,7 @@ class Outcome:
     def size(self) -> int:
         """Bytes of key, value and headers: what counts against the message size limit."""
         return (
-            len(self.key)
-            + len(self.value)
-            + sum(len(k.encode()) + len(v) for k, v in self.headers)
+            len(self.key) + len(self.value) + sum(len(k.encode()) + len(v) for k, v in self.headers)
         )
 
     @classmethod

@@ -168,9 +168,7 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
     (state / "kafka").mkdir(parents=True)
     (state / "kafka" / "libs").symlink_to(libs)
     port = _free_port_pair()
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
     env.update({"SLUICE_STATE_DIR": str(state), "SLUICE_KAFKA_PORT": str(port)})
     subprocess.run(["bash", "infra/kafka.sh", "start"], env=env, cwd=ROOT, check=True, timeout=120)
     broker = Broker(f"127.0.0.1:{port}", state)

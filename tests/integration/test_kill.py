@@ -62,6 +62,7 @@ async def read_lanes(s: Settings) -> list[tuple[Coord, str, int]]:
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         out = []
+
         async def behind() -> bool:
             return any([await consumer.position(tp) < ends[tp] for tp in tps])
 
@@ -225,8 +226,7 @@ async def test_a_dead_workers_partitions_resume_on_the_survivor(
             async def both_working() -> bool:
                 # Both have joined and each routed events since (their logs say so).
                 return all(
-                    '"event.routed"' in w.log.read_text(errors="replace")[-20_000:]
-                    for w in (a, b)
+                    '"event.routed"' in w.log.read_text(errors="replace")[-20_000:] for w in (a, b)
                 )
 
             await wait_until(both_working, 90, "both workers routing events")

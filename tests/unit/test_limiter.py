@@ -70,10 +70,7 @@ async def test_the_llm_client_holds_its_calls_to_the_limit() -> None:
         try:
             began = time.monotonic()
             await asyncio.gather(
-                *(
-                    llm.structured([{"role": "user", "content": f"q{i}"}], Answer)
-                    for i in range(20)
-                )
+                *(llm.structured([{"role": "user", "content": f"q{i}"}], Answer) for i in range(20))
             )
             elapsed = time.monotonic() - began
         finally:

@@ -60,9 +60,7 @@ def test_the_corpus_is_big_and_varied_enough() -> None:
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[f"{e.id}-{e.note[:30]}" for e in ENTRIES])
-async def test_entry_ends_in_its_lane(
-    entry: corpus.Entry, pipelines: dict[str, Pipeline]
-) -> None:
+async def test_entry_ends_in_its_lane(entry: corpus.Entry, pipelines: dict[str, Pipeline]) -> None:
     meta = Meta(f"{entry.topic}.received", 0, 7, datetime.now(UTC), b"k", entry.value)
     outcome = await pipelines[entry.topic].handle(meta)
     record = codec.decode(outcome.value)
