@@ -29,7 +29,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from pydantic import BaseModel
@@ -37,10 +37,9 @@ from pydantic import BaseModel
 from agents.idempotency import Claim, IdempotencyStore
 from agents.tools import Reconciled, Tool, canonical, digest
 from schemas.errors import EffectFailed, IdempotencyConflict
+from schemas.records import EffectStatus
 
 log = structlog.get_logger(__name__)
-
-EffectStatus = Literal["applied", "duplicate", "failed", "unknown"]
 
 
 @dataclass(frozen=True)

@@ -233,7 +233,7 @@ class ReviewDecision(_Record):
     decided_at: datetime
 
 
-EffectStatus = Literal["applied", "duplicate", "failed", "unknown"]
+EffectStatus = Literal["applied", "duplicate", "failed", "unknown", "refused"]
 
 
 class ToolEffect(_Record):
@@ -248,3 +248,9 @@ class ToolEffect(_Record):
     error: str | None
     attempts: int
     applied_at: datetime
+    flow: str | None = None
+    agent: str | None = None
+    source: str | None = None
+    reason: str | None = None
+    reconciled: bool = False
+    latency_ms: int = 0

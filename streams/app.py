@@ -13,6 +13,7 @@ this shell would lose the event. So the shell itself is guarded too: anything th
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,17 +65,10 @@ def meta_of(event: Any) -> Meta:
     )
 
 
-def create_app(
-    settings: Settings, flows: list[Flow[Any, Any]], codec: Codec | None = None
-) -> faust.App:
-    """The faust app running ``flows``, one faust agent each, many events in flight in all.
-
-    Every size and timeout comes from ``settings``; ``codec`` defaults to single-object Avro.
-    """
-    codec = codec or Codec()
-    pipelines = [Pipeline(flow, settings, codec) for flow in flows]
-    app = faust.App(
-        settings.app_id,
+def faust_app(settings: Settings, app_id: str) -> faust.App:
+    """A faust app (consumer group ``app_id``) with every size and timeout from ``settings``."""
+    return faust.App(
+        app_id,
         broker=[f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(",")],
         key_serializer="raw",
         value_serializer="raw",
@@ -92,21 +86,44 @@ def create_app(
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
     )
-    engine: Engine[Any] = Engine(
+
+
+def new_engine(settings: Settings) -> Engine[Any]:
+    """The engine with the worker's in-flight bounds (one per process, shared by its flows)."""
+    return Engine(
         max_in_flight=settings.max_in_flight,
         max_unacked=settings.max_unacked or 8 * settings.max_in_flight,
         order_by_key=settings.order_by_key,
         die=die,
     )
 
+
+def sender(app: faust.App) -> Callable[[Outcome], Awaitable[None]]:
+    """Writes one outcome with ``app``'s producer and waits for the broker's ack."""
+
     async def send(outcome: Outcome) -> None:
-        # Straight to the app's producer and wait for the broker's ack, before the input is
-        # acked. (faust's Topic.send adds a FutureMessage, a buffer and a flush loop per record:
-        # measurable CPU at hundreds of events/s, and nothing we use.)
+        # Straight to the app's producer, before the input is acked. (faust's Topic.send adds a
+        # FutureMessage, a buffer and a flush loop per record: measurable CPU at hundreds of
+        # events/s, and nothing we use.)
         await app.producer.send_and_wait(
             outcome.topic, outcome.key, outcome.value, None, None, outcome.headers
         )
 
+    return send
+
+
+def create_app(
+    settings: Settings, flows: list[Flow[Any, Any]], codec: Codec | None = None
+) -> faust.App:
+    """The faust app running ``flows``, one faust agent each, many events in flight in all.
+
+    Every size and timeout comes from ``settings``; ``codec`` defaults to single-object Avro.
+    """
+    codec = codec or Codec()
+    pipelines = [Pipeline(flow, settings, codec) for flow in flows]
+    app = faust_app(settings, settings.app_id)
+    engine = new_engine(settings)
+    send = sender(app)
     emitter = Emitter(
         send=send,
         strikes=Strikes(settings.redis_url, settings.app_id),

@@ -13,6 +13,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from agents.base import AgentResult
 from agents.invoice import CENT, Extraction, InvoiceExtractionAgent
+from agents.tools import Action
+from agents.tools import Source as DecisionSource
 from agents.triage import TicketTriageAgent, Triage
 from schemas.events import DocumentReceived, TicketReceived
 from schemas.records import InvoiceExtracted, LineItem, TicketTriaged
@@ -90,12 +92,48 @@ def invoices_flow(rt: Runtime) -> Flow[DocumentReceived, Extraction]:
     return Flow("invoices", DocumentReceived, agent, invoice_record)
 
 
-TICKETS = register_flow(FlowSpec("tickets", tickets_flow, record_model=TicketTriaged))
+def ticket_actions(record: TicketTriaged, source: DecisionSource) -> list[Action]:
+    """Each action the triage agent proposed, with its own confidence. Their names come from
+    model output: the executor's allowlist decides which of them may ever run."""
+    return [
+        Action(
+            a.action,
+            {
+                "ticket_id": record.ticket_id,
+                "team": a.target or record.team,
+                "event_id": record.event_id,
+            },
+            record.agent.name,
+            a.confidence,
+            source,
+        )
+        for a in record.actions
+    ]
+
+
+def invoice_actions(record: InvoiceExtracted, source: DecisionSource) -> list[Action]:
+    """Post the invoice to the ledger, gated by the record's confidence."""
+    data = {
+        "event_id": record.event_id,
+        "document_id": record.document_id,
+        "vendor_name": record.vendor_name,
+        "invoice_number": record.invoice_number,
+        "issue_date": record.issue_date.isoformat(),
+        "currency": record.currency,
+        "total": str(record.total),
+    }
+    return [Action("post_invoice", data, record.agent.name, record.confidence, source)]
+
+
+TICKETS = register_flow(
+    FlowSpec("tickets", tickets_flow, record_model=TicketTriaged, actions=ticket_actions)
+)
 INVOICES = register_flow(
     FlowSpec(
         "invoices",
         invoices_flow,
         record_model=InvoiceExtracted,
         topics={"received": "documents.received"},
+        actions=invoice_actions,
     )
 )

@@ -51,7 +51,6 @@ def build_worker(
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-
     from streams import compose
     from streams.app import create_app
     from streams.flow import select
@@ -76,6 +75,32 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         max_in_flight=settings.max_in_flight,
     )
     # runs until SIGTERM/SIGINT, then exits the process
+    build_worker(app, settings, config, loop).execute_from_commandline()
+    return 0
+
+
+def cmd_executor(settings: Settings, args: argparse.Namespace) -> int:
+    from streams import compose
+    from streams.executor import create_executor_app
+    from streams.flow import select
+    from streams.topics import ensure_topics
+
+    config = logconfig.configure(settings.log_level, settings.log_format)
+    specs = [s for s in select(args.flow) if s.actions is not None]
+    _check_redis(settings)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    codec = compose.codec(settings)
+    box = compose.toolbox(settings)
+    app = create_executor_app(settings, specs, codec, box, compose.effect_store(settings))
+    log.info(
+        "executor.starting",
+        app_id=f"{settings.app_id}-executor",
+        flows=[s.name for s in specs],
+        tools={name: sorted(tools) for name, tools in box.allowlists.items()},
+        effects_topic=settings.topics.effects,
+    )
     build_worker(app, settings, config, loop).execute_from_commandline()
     return 0
 
@@ -147,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="a registered flow to run (repeatable; default: all), or package.module:SPEC",
     )
+    x = sub.add_parser(
+        "executor", help="run the executor: the auto lanes' actions as exactly-once effects"
+    )
+    x.add_argument("--flow", action="append", help="a flow whose effects to run (default: all)")
     sub.add_parser("topics", help="create every configured topic that is missing")
     p = sub.add_parser("produce", help="produce JSON lines from a file or stdin to a topic")
     p.add_argument("topic")
@@ -167,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     commands = {
         "worker": cmd_worker,
+        "executor": cmd_executor,
         "topics": cmd_topics,
         "produce": cmd_produce,
         "consume": cmd_consume,

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis.asyncio as aioredis
+
+from agents.idempotency import IdempotencyStore
+from agents.invoice import AGENT_NAME as INVOICE_AGENT
+from agents.ledger import PostInvoiceTool
 from agents.llm import LLMClient, LLMConfig
+from agents.tools import Toolbox
 from agents.usage import parse_prices
 from schemas.codec import Codec
 from schemas.registry import RegistryClient
@@ -61,3 +67,23 @@ def flows(settings: Settings, specs: list[FlowSpec]) -> tuple[list[Flow[Any, Any
     llm.start()
     runtime = Runtime(settings, llm)
     return [spec.build(runtime) for spec in specs], llm
+
+
+def toolbox(settings: Settings) -> Toolbox:
+    """The built-in tools and which agents may use them: the invoice agent may post invoices.
+
+    Ticket actions (route_to_team, send_acknowledgement, ...) have no tool yet, so every one of
+    them is refused as ``not_allowlisted`` and recorded. Add your own with ``Toolbox.add``.
+    """
+    box = Toolbox()
+    box.add(PostInvoiceTool(settings.ledger_path), agents=[INVOICE_AGENT])
+    return box
+
+
+def effect_store(settings: Settings) -> IdempotencyStore:
+    """The idempotency store on the deployment's Redis."""
+    return IdempotencyStore(
+        aioredis.Redis.from_url(settings.redis_url, socket_timeout=5),
+        ttl_s=settings.effect_ttl_s,
+        lease_s=settings.effect_lease_s,
+    )

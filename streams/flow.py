@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar
 from pydantic import BaseModel
 
 from agents.base import Agent, AgentResult
+from agents.tools import Action
+from agents.tools import Source as DecisionSource
 from schemas import catalogue
 from schemas.errors import ConfigError
 from schemas.records import AgentInfo, Confidence, Route, Source, Usage
@@ -107,6 +109,9 @@ class FlowSpec:
     """Its ``.avsc`` (needed when the record type is not already in the catalogue)."""
     topics: Mapping[str, str] = field(default_factory=dict)
     """Topic name per role where it is not ``<name>.<role>``."""
+    actions: Callable[[Any, DecisionSource], list[Action]] | None = None
+    """The actions one of the flow's result records asks for (``sluice executor`` runs them
+    through the allowlist, the policy and the idempotency store); None: a flow with no effects."""
 
     def topic(self, role: Role) -> str:
         """This flow's base topic name for ``role`` (before suffix and env overrides)."""

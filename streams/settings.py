@@ -34,6 +34,7 @@ class Topics:
                 self._names[(spec.name, role)] = name
                 self._attrs[f"{spec.name.replace('-', '_')}_{role}"] = name
         self.deadletter = s.topic_deadletter + s.topic_suffix
+        self.effects = s.topic_effects + s.topic_suffix
 
     def __getattr__(self, name: str) -> str:
         try:
@@ -46,9 +47,9 @@ class Topics:
         return self._names[(flow, role)]
 
     def for_flows(self, flows: list[str] | None = None) -> list[str]:
-        """Every topic of ``flows`` (default: all registered), then the dead-letter topic."""
+        """Every topic of ``flows`` (default: all registered), then dead letters and effects."""
         names = [n for (f, _), n in self._names.items() if flows is None or f in flows]
-        return [*names, self.deadletter]
+        return [*names, self.deadletter, self.effects]
 
     def all(self) -> list[str]:
         """Every topic Sluice creates: all roles of all registered flows, and deadletter."""
@@ -85,6 +86,17 @@ class Settings(BaseSettings):
     """Appended to every topic name: isolates tests and demos sharing one cluster."""
     topic_deadletter: str = "deadletter"
     """The one dead-letter topic every flow shares."""
+    topic_effects: str = "effects.applied"
+    """Where the executor writes one ToolEffect record per proposed action."""
+    ledger_path: Path = Path(".local/sinks/ledger.db")
+    """The SQLite ledger the ``post_invoice`` tool writes to."""
+    effect_ttl_s: int = Field(7 * 24 * 3600, ge=3600)
+    """How long an idempotency key lives after its last change. Must outlive topic retention, the
+    longest consumer lag and the dead-letter redrive window: a redelivery after the key expired
+    runs the effect again."""
+    effect_lease_s: float = Field(30.0, gt=0, le=3600)
+    """An executor's hold on a key while the effect runs (renewed every third); a crashed
+    executor's claim is reconciled this long after it stopped renewing."""
     topic_overrides: dict[str, str] = Field(default_factory=dict)
     """JSON: a flow topic's default name → the name to use, e.g.
     {"tickets.received": "support.tickets.v1"} (the suffix is still appended)."""

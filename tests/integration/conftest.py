@@ -94,11 +94,12 @@ class Worker:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_worker(env: dict[str, str], log: Path, *args: str) -> Worker:
-    """``sluice worker`` with ``args`` (e.g. ``--flow notes``) as a process, output in ``log``."""
+def start_worker(env: dict[str, str], log: Path, *args: str, command: str = "worker") -> Worker:
+    """``sluice worker`` (or ``command``, e.g. ``executor``) with ``args`` (e.g. ``--flow
+    notes``) as a process, output in ``log``."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", *args],
+            [sys.executable, "-m", "streams.cli", command, *args],
             env=env,
             cwd=ROOT,
             stdout=out,

@@ -1,0 +1,212 @@
+"""The executor stage: result records in, effects out, each effect exactly once.
+
+``sluice executor`` consumes the auto lane of every flow whose
+:class:`~streams.flow.FlowSpec` names ``actions``, on the same engine as the worker (many records
+in flight, finished-prefix acks), in its own consumer group. For each record:
+
+1. ``spec.actions(record, "auto")`` lists what the record asks for (a tool name and its input);
+2. :meth:`~agents.tools.Toolbox.vet` refuses what the agent's allowlist or the tool's policy does
+   not allow — a tool name that came from model output and is not on the list never runs;
+3. :func:`~agents.effects.run_effect` runs the rest through the Redis idempotency claim;
+4. one ``ToolEffect`` record per action goes to ``effects.applied`` (key: the event id), and only
+   then is the input acked.
+
+A redelivered record (a crash before the ack, a rebalance) runs the same actions again and finds
+their keys done: ``duplicate``, with the stored result, and no second effect at the sink. So the
+*effects* are exactly once; the ToolEffect records are at least once, and a crash between an effect
+and its record leaves ``duplicate`` as the first record of that key.
+
+A record the executor cannot read or derive actions from is dead-lettered like poison input; Redis
+down is retried, then the process exits before the ack (the record is redelivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import structlog
+
+from agents.effects import EffectOutcome, run_effect
+from agents.idempotency import IdempotencyStore
+from agents.tools import Action, Refused, Toolbox, canonical, digest
+from schemas.codec import Codec
+from schemas.errors import IdempotencyConflict, StoreUnavailable
+from schemas.records import ToolEffect
+from streams import deadletter
+from streams.app import faust_app, meta_of, new_engine, sender
+from streams.emit import Emitter, Strikes, die
+from streams.flow import FlowSpec
+from streams.meta import Meta
+from streams.outcome import Outcome
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+STORE_RETRIES = 5
+"""Attempts to reach Redis for one action (backoff 0.5, 1, 2, 4 s) before the process exits."""
+
+
+class Executor:
+    """Turns one flow's result records into vetted, exactly-once effects and ToolEffect records."""
+
+    def __init__(
+        self, spec: FlowSpec, settings: Settings, codec: Codec, toolbox: Toolbox,
+        store: IdempotencyStore,
+    ) -> None:  # fmt: skip
+        if spec.actions is None:
+            raise ValueError(f"flow {spec.name} has no actions")
+        self.spec = spec
+        self.flow = spec.name
+        self.settings = settings
+        self.codec = codec
+        self.toolbox = toolbox
+        self.store = store
+
+    async def effects(self, meta: Meta) -> list[ToolEffect] | Exception:
+        """The ToolEffect of every action ``meta``'s record asks for (effects already run), or
+        the exception that makes the record poison for this stage."""
+        assert self.spec.actions is not None
+        try:
+            record: Any = self.codec.decode(meta.value or b"")
+            actions = self.spec.actions(record, "auto")
+        except Exception as exc:  # unreadable, or a record this flow's actions cannot read
+            return exc
+        return [await self._one(record.event_id, action) for action in actions]
+
+    async def _one(self, event_id: str, action: Action) -> ToolEffect:
+        began = datetime.now(UTC)
+        verdict = self.toolbox.vet(action)
+        if isinstance(verdict, Refused):
+            log.warning("tool.refused", tool=action.tool, reason=verdict.reason, event_id=event_id)
+            key = digest({"event_id": event_id, "tool": action.tool, "input": action.input})
+            return self._record(action, event_id, key, "refused", canonical(action.input), 0,
+                                began, reason=verdict.reason, error=verdict.detail)  # fmt: skip
+        tool, data = verdict
+        for attempt in range(1, STORE_RETRIES + 1):
+            try:
+                out = await run_effect(self.store, tool, data, event_id)
+                break
+            except IdempotencyConflict as exc:
+                key = tool.key(event_id, data)
+                return self._record(action, event_id, key, "failed", canonical(action.input), 0,
+                                    began, reason=exc.reason, error=str(exc))  # fmt: skip
+            except StoreUnavailable:
+                if attempt == STORE_RETRIES:
+                    raise
+                log.warning("tool.store_unavailable", tool=tool.name, attempt=attempt)
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+        log.info("tool.call", tool=tool.name, key=out.key, status=out.status, event_id=event_id)
+        return self._from(action, event_id, out, began)
+
+    def _from(
+        self, action: Action, event_id: str, out: EffectOutcome, began: datetime
+    ) -> ToolEffect:
+        reason = "effect_failed" if out.status == "failed" else None
+        return self._record(
+            action, event_id, out.key, out.status, out.input_json, out.attempts, began,
+            result=out.result, error=out.error, reason=reason, reconciled=out.reconciled,
+            latency_ms=out.latency_ms,
+        )  # fmt: skip
+
+    def _record(
+        self, action: Action, event_id: str, key: str, status: Any, input_json: str,
+        attempts: int, began: datetime, *, result: dict[str, Any] | None = None,
+        error: str | None = None, reason: str | None = None, reconciled: bool = False,
+        latency_ms: int | None = None,
+    ) -> ToolEffect:  # fmt: skip
+        return ToolEffect(
+            event_id=event_id,
+            tool=action.tool[:200],
+            idempotency_key=key,
+            status=status,
+            input_json=input_json,
+            result_json=None if result is None else canonical(result),
+            error=error,
+            attempts=attempts,
+            applied_at=datetime.now(UTC),
+            flow=self.flow,
+            agent=action.agent,
+            source=action.source,
+            reason=reason,
+            reconciled=reconciled,
+            latency_ms=latency_ms
+            if latency_ms is not None
+            else int((datetime.now(UTC) - began).total_seconds() * 1000),
+        )
+
+
+def create_executor_app(
+    settings: Settings, specs: list[FlowSpec], codec: Codec, toolbox: Toolbox,
+    store: IdempotencyStore,
+) -> faust.App:  # fmt: skip
+    """The faust app of ``sluice executor``: one faust agent per flow with actions, reading that
+    flow's auto lane in the consumer group ``<app_id>-executor``."""
+    app = faust_app(settings, f"{settings.app_id}-executor")
+    engine = new_engine(settings)
+    send = sender(app)
+    emitter = Emitter(
+        send=send,
+        strikes=Strikes(settings.redis_url, f"{settings.app_id}-executor"),
+        codec=codec,
+        deadletter_topic=settings.topics.deadletter,
+        timeout_s=settings.producer_timeout_s + 5,
+        max_strikes=settings.max_strikes,
+    )
+
+    async def process(executor: Executor, meta: Meta) -> None:
+        with structlog.contextvars.bound_contextvars(
+            stage="executor", flow=executor.flow, partition=meta.partition, offset=meta.offset
+        ):
+            effects = await executor.effects(meta)
+            if isinstance(effects, Exception):
+                event_id = meta.derived_event_id()
+                dl = deadletter.dead_letter(
+                    effects, meta, event_id=event_id, flow=executor.flow,
+                    max_message_bytes=settings.max_message_bytes,
+                )  # fmt: skip
+                outcome = Outcome.build(
+                    "deadletter", settings.topics.deadletter, meta, codec.encode(dl), event_id,
+                    dl.reason, extra_headers=deadletter.headers(dl),
+                )  # fmt: skip
+                await emitter.emit(outcome, meta, executor.flow)
+                return
+            for effect in effects:  # each record acked by the broker before the input is
+                try:
+                    async with asyncio.timeout(settings.producer_timeout_s + 5):
+                        await app.producer.send_and_wait(
+                            settings.topics.effects, effect.event_id.encode(),
+                            codec.encode(effect), None, None,
+                            [("sluice.event_id", effect.event_id.encode()),
+                             ("sluice.status", effect.status.encode())],
+                        )  # fmt: skip
+                except Exception:
+                    log.critical("executor.effect_unwritten", exc_info=True)
+                    die()  # exit before the ack: the redelivery finds the effects done
+
+    async def run(executor: Executor, stream: Any) -> None:
+        await engine.run(
+            stream.noack().events(),
+            lambda event: process(executor, meta_of(event)),
+            stream.ack,
+            partition_of=lambda event: event.message.tp,
+            key_of=lambda event: event.key,
+        )
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        engine.revoke(args[0] if args else ())
+
+    for spec in specs:
+        if spec.actions is None:
+            continue
+        executor = Executor(spec, settings, codec, toolbox, store)
+        source = app.topic(settings.topics.of(spec.name, "auto"))
+
+        async def agent(stream: Any, executor: Executor = executor) -> None:
+            await run(executor, stream)
+
+        app.agent(source, name=f"{spec.name}-executor")(agent)
+    return app
