@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up registry down demo test test-unit lint bench eval soak schemas-check clean
+.PHONY: help setup up sinks registry down demo test test-unit lint bench eval soak chaos schemas-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -38,19 +38,23 @@ up: deps-up ## start local Kafka and Redis (or check the ones named by KAFKA_BOO
 	bash infra/kafka.sh start
 	bash infra/redis.sh start
 
+sinks: setup ## start the local targets of the built-in tools: a webhook receiver and an SMTP server
+	bash infra/sinks.sh start
+
 registry: deps-registry ## start a local Confluent-compatible schema registry (Apicurio, in memory) for the tests
 	bash infra/registry.sh start
 
 down: ## stop what demo/up/registry started: the worker, the broker, Redis and the registry
 	-$(BIN)/python -c 'from pathlib import Path; from streams.demo import stop_worker; stop_worker(Path(".local"))'
+	bash infra/sinks.sh stop
 	bash infra/kafka.sh stop
 	bash infra/redis.sh stop
 	bash infra/registry.sh stop
 
-demo: deps-demo setup up ## run sample tickets through a worker on the offline model; print the lanes
+demo: deps-demo setup up sinks ## run sample tickets through a worker on the offline model; print the lanes
 	$(BIN)/sluice demo
 
-test: deps-test setup up registry ## run the unit and integration tests against real Kafka, Redis and registry
+test: deps-test setup up registry sinks ## run the unit and integration tests against real Kafka, Redis and registry
 	$(BIN)/pytest tests
 
 test-unit: setup ## unit tests only (no network)

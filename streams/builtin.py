@@ -95,20 +95,15 @@ def invoices_flow(rt: Runtime) -> Flow[DocumentReceived, Extraction]:
 def ticket_actions(record: TicketTriaged, source: DecisionSource) -> list[Action]:
     """Each action the triage agent proposed, with its own confidence. Their names come from
     model output: the executor's allowlist decides which of them may ever run."""
-    return [
-        Action(
-            a.action,
-            {
-                "ticket_id": record.ticket_id,
-                "team": a.target or record.team,
-                "event_id": record.event_id,
-            },
-            record.agent.name,
-            a.confidence,
-            source,
-        )
-        for a in record.actions
-    ]
+    actions = []
+    for a in record.actions:
+        data: dict[str, object] = {"event_id": record.event_id, "ticket_id": record.ticket_id}
+        if a.action == "route_to_team":
+            data["team"] = a.target or record.team
+        elif a.target is not None:
+            data["target"] = a.target
+        actions.append(Action(a.action, data, record.agent.name, a.confidence, source))
+    return actions
 
 
 def invoice_actions(record: InvoiceExtracted, source: DecisionSource) -> list[Action]:

@@ -15,7 +15,9 @@ from agents.idempotency import IdempotencyStore
 from agents.invoice import AGENT_NAME as INVOICE_AGENT
 from agents.ledger import PostInvoiceTool
 from agents.llm import LLMClient, LLMConfig
-from agents.tools import Toolbox
+from agents.notify import AcknowledgeTool, RouteTicketTool
+from agents.tools import Toolbox, ToolPolicy
+from agents.triage import AGENT_NAME as TRIAGE_AGENT
 from agents.usage import parse_prices
 from schemas.codec import Codec
 from schemas.registry import RegistryClient
@@ -70,13 +72,19 @@ def flows(settings: Settings, specs: list[FlowSpec]) -> tuple[list[Flow[Any, Any
 
 
 def toolbox(settings: Settings) -> Toolbox:
-    """The built-in tools and which agents may use them: the invoice agent may post invoices.
+    """The built-in tools and the agents allowed to use them.
 
-    Ticket actions (route_to_team, send_acknowledgement, ...) have no tool yet, so every one of
-    them is refused as ``not_allowlisted`` and recorded. Add your own with ``Toolbox.add``.
+    The invoice agent may post invoices; the triage agent may route a ticket (at confidence 0.7
+    or more) and acknowledge it. Every other action it proposes (``escalate``,
+    ``close_as_resolved``, ...) is refused as ``not_allowlisted`` and recorded. Add your own
+    tools with ``Toolbox.add``.
     """
+    s = settings
     box = Toolbox()
-    box.add(PostInvoiceTool(settings.ledger_path), agents=[INVOICE_AGENT])
+    box.add(PostInvoiceTool(s.ledger_path), agents=[INVOICE_AGENT])
+    route = RouteTicketTool(s.webhook_url, ToolPolicy(min_confidence=0.7))
+    box.add(route, agents=[TRIAGE_AGENT])
+    box.add(AcknowledgeTool(s.smtp_host, s.smtp_port, s.mail_store), agents=[TRIAGE_AGENT])
     return box
 
 

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     """Where the executor writes one ToolEffect record per proposed action."""
     ledger_path: Path = Path(".local/sinks/ledger.db")
     """The SQLite ledger the ``post_invoice`` tool writes to."""
+    webhook_url: str = "http://127.0.0.1:8095/hooks"
+    """Base URL of the team-routing webhook (``route_to_team`` posts to ``<url>/route`` and looks
+    keys up at ``<url>/route/<key>``); ``make up`` starts a local receiver there."""
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    """The SMTP server ``send_acknowledgement`` sends through; ``make up`` starts a local one."""
+    mail_store: Path = Path(".local/sinks/mail.db")
+    """Where the local SMTP sink stores messages: ``send_acknowledgement`` reconciles there."""
     effect_ttl_s: int = Field(7 * 24 * 3600, ge=3600)
     """How long an idempotency key lives after its last change. Must outlive topic retention, the
     longest consumer lag and the dead-letter redrive window: a redelivery after the key expired

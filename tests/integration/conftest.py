@@ -11,8 +11,10 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,6 +129,64 @@ def running_fault_server(log: Path, *args: str) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=10)
         proc.stdout.close()
+
+
+@dataclass
+class Sinks:
+    """A test's own webhook receiver and SMTP server (agents.sinks) and where they store."""
+
+    state: Path
+    env: dict[str, str]
+
+    def count(self, db: str, table: str) -> int:
+        with contextlib.closing(sqlite3.connect(self.state / db)) as conn:
+            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+    def webhook_requests(self) -> int:
+        return self.count("webhook.db", "requests")
+
+    def mails(self) -> int:
+        return self.count("mail.db", "messages")
+
+    def ledger_rows(self) -> int:
+        return self.count("ledger.db", "ledger") if (self.state / "ledger.db").exists() else 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def sinks(tmp_path: Path) -> Iterator[Sinks]:
+    """Start the sinks on free ports; ``env`` points an executor's tools (and ledger) at them."""
+    state = tmp_path / "sinks"
+    state.mkdir()
+    http, smtp = free_port(), free_port()
+    with open(tmp_path / "sinks.log", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agents.sinks", "--state", str(state),
+             "--http-port", str(http), "--smtp-port", str(smtp)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 20
+    log = tmp_path / "sinks.log"
+    while "sinks: webhook" not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    env = {
+        "SLUICE_WEBHOOK_URL": f"http://127.0.0.1:{http}/hooks",
+        "SLUICE_SMTP_PORT": str(smtp),
+        "SLUICE_MAIL_STORE": str(state / "mail.db"),
+        "SLUICE_LEDGER_PATH": str(state / "ledger.db"),
+    }
+    try:
+        yield Sinks(state, env)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture
