@@ -36,6 +36,10 @@ class Tally:
     #: Every input coordinate accounted for, kept as records are added (O(1) per record: the
     #: tally reads tens of thousands of records in the benchmarks).
     accounted: set[Coord] = field(default_factory=set)
+    #: Inputs with a later output in a *different* lane than their first (a redelivered event
+    #: the model judged differently): each input must end in exactly one lane.
+    other_lane: Counter[Coord] = field(default_factory=Counter)
+    _lane_of: dict[Coord, str] = field(default_factory=dict)
 
     def seen(self) -> set[Coord]:
         """Every input coordinate with an output in some lane."""
@@ -45,9 +49,12 @@ class Tally:
         """Count ``record`` for ``coord``: the first one per input, later ones are duplicates."""
         if coord in self.accounted:
             self.duplicates[coord] += 1
+            if self._lane_of[coord] != lane:
+                self.other_lane[coord] += 1
         else:
             self.lanes[lane][coord] = record
             self.accounted.add(coord)
+            self._lane_of[coord] = lane
 
     def counts(self) -> dict[str, int]:
         return {lane: len(records) for lane, records in self.lanes.items()}

@@ -50,6 +50,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import re
 import signal
 import socket
@@ -326,9 +327,18 @@ class FaultServer:
         hang_s: float = 60.0,
         *,
         slow_ms: int = 1000,
+        fail_rate: float = 0.0,
+        fail_with: Sequence[str] = ("500",),
+        seed: int | None = None,
     ) -> None:
         if default not in FAULTS:
             raise ValueError(f"unknown default fault {default!r}: choose from {sorted(FAULTS)}")
+        if not 0.0 <= fail_rate <= 1.0 or any(f not in FAULTS for f in fail_with):
+            raise ValueError("fail_rate must be in [0, 1] and fail_with name known faults")
+        self.fail_rate = fail_rate
+        """Share of requests that would answer ``ok`` but get a random ``fail_with`` fault."""
+        self.fail_with = tuple(fail_with)
+        self._random = random.Random(seed)
         self.default = default
         self.latency_ms = latency_ms
         """Delay before every answer, faults included: a provider's base latency."""
@@ -596,12 +606,16 @@ class FaultServer:
             self._counts[key] = n + 1
             if self._script:
                 return self._script.popleft()
-        for text in texts:
-            found = _FAULT_MARKER.search(text)
-            if found:
-                faults = [f.strip() for f in found.group(1).split(",")]
-                return faults[min(n, len(faults) - 1)]
-        return self.default
+            chosen = self.default
+            for text in texts:
+                found = _FAULT_MARKER.search(text)
+                if found:
+                    faults = [f.strip() for f in found.group(1).split(",")]
+                    chosen = faults[min(n, len(faults) - 1)]
+                    break
+            if chosen == "ok" and self.fail_rate and self._random.random() < self.fail_rate:
+                return self._random.choice(self.fail_with)
+            return chosen
 
     def _bad_request(self, message: str) -> web.Response:
         """A request the server cannot read: recorded as fault ``bad_request``, answered 400."""
@@ -705,9 +719,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=int, default=0)
     parser.add_argument("--slow-ms", type=int, default=1000)
     parser.add_argument("--hang-s", type=float, default=60.0)
+    parser.add_argument(
+        "--fail-rate", type=float, default=0.0, help="share of ok answers turned into a fault"
+    )
+    parser.add_argument(
+        "--fail-with", default="500", help="comma-separated faults --fail-rate picks from"
+    )
+    parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
     server = FaultServer(
-        args.default, latency_ms=args.latency_ms, hang_s=args.hang_s, slow_ms=args.slow_ms
+        args.default,
+        latency_ms=args.latency_ms,
+        hang_s=args.hang_s,
+        slow_ms=args.slow_ms,
+        fail_rate=args.fail_rate,
+        fail_with=[f.strip() for f in args.fail_with.split(",")],
+        seed=args.seed,
     )
     asyncio.run(server.serve_forever(args.port))
     return 0

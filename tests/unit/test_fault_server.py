@@ -156,6 +156,24 @@ def test_latency_delays_every_fault() -> None:
         assert time.monotonic() - began >= 0.15
 
 
+def test_fail_rate_turns_that_share_of_ok_answers_into_faults() -> None:
+    with (
+        FaultServer(fail_rate=0.25, fail_with=["500"], seed=7) as server,
+        openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0) as client,
+    ):
+        failed = 0
+        for i in range(200):
+            try:
+                ask(client, f"q{i}")
+            except openai.InternalServerError:
+                failed += 1
+        forced = server.calls[-1]  # a fault marker is never overridden
+        with pytest.raises(openai.RateLimitError):
+            ask(client, f"x {fault_marker('429')}")
+    assert 30 <= failed <= 70  # 25% of 200, binomial sd ~6
+    assert forced.fault in ("ok", "500")
+
+
 def test_429_is_a_rate_limit_error_with_retry_after(client: openai.OpenAI) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
         ask(client, f"busy {fault_marker('429')}")
