@@ -60,6 +60,9 @@ test: deps-test setup up registry sinks ## run the unit and integration tests ag
 test-unit: setup ## unit tests only (no network)
 	$(BIN)/pytest tests/unit
 
+chaos: setup up ## >= 2,000 events through worker and executor under kill -9, Redis and broker restarts; counts effects at the sinks (~5 min)
+	$(BIN)/python -m benchmarks.chaos
+
 bench: setup up ## codec (Avro vs JSON), then throughput/latency: raw aiokafka loop vs Sluice (~8 min)
 	$(BIN)/python -m benchmarks.codec
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
