@@ -260,8 +260,9 @@ class Rig:
         self.procs["fault"] = fault
 
     def _spawn(self, name: str, argv: list[str], stdout: Any = None) -> subprocess.Popen[bytes]:
-        log = open(self.state / f"{name}.log", "ab")  # noqa: SIM115 (kept open by the child)
-        return subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=stdout or log, stderr=log)
+        # The child keeps its own copy of the log's descriptor; ours is closed at once.
+        with open(self.state / f"{name}.log", "ab") as log:
+            return subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=stdout or log, stderr=log)
 
     # -- the two Sluice processes
 
@@ -293,6 +294,9 @@ class Rig:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
         self.stop_redis()
         self.stop_kafka()
 
@@ -463,6 +467,10 @@ async def run(args: argparse.Namespace) -> Report:
     rig = Rig(state, args.fail_rate, args.latency_ms, args.in_flight)
     report = Report(events=args.events)
     began = time.monotonic()
+    # The run's own clients log every refused connection while the broker restarts: expected.
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     rig.start_kafka()
     try:
         rig.start_redis()
@@ -510,6 +518,7 @@ async def run(args: argparse.Namespace) -> Report:
         report.own_exits = rig.own_exits
         report.seconds = time.monotonic() - began
         rig.stop_all()
+        quiet.setLevel(level)
     return report
 
 
@@ -531,8 +540,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # The run's own clients log every refused connection while the broker restarts: expected.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     report = asyncio.run(run(args))
     print(report.table())
     Path(args.out).write_text(
