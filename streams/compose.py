@@ -39,17 +39,30 @@ def codec(settings: Settings, *, register: bool = True) -> Codec:
     return built
 
 
+#: Per-call timeout and per-event deadline for the in-process local model unless set explicitly.
+#: On a shared CPU one answer can take over 30 s while both slots decode; a timeout there only
+#: throws the work away and queues it again (there is no network to hang).
+LOCAL_TIMEOUT_S = 120.0
+LOCAL_DEADLINE_S = 300.0
+
+
 def llm_config(settings: Settings) -> LLMConfig:
     """The LLM layer's configuration from the app's settings."""
     s = settings
+    local = not (s.openai_api_key or s.openai_base_url)
+    explicit = s.model_fields_set
+    timeout_s = LOCAL_TIMEOUT_S if local and "llm_timeout_s" not in explicit else s.llm_timeout_s
+    deadline_s = (
+        LOCAL_DEADLINE_S if local and "llm_deadline_s" not in explicit else s.llm_deadline_s
+    )
     return LLMConfig(
         api_key=s.openai_api_key.get_secret_value() if s.openai_api_key else None,
         base_url=s.openai_base_url,
         model=s.model,
-        timeout_s=s.llm_timeout_s,
+        timeout_s=timeout_s,
         max_attempts=s.llm_max_attempts,
         max_validation_attempts=s.llm_max_validation_attempts,
-        deadline_s=s.llm_deadline_s,
+        deadline_s=deadline_s,
         token_budget=s.llm_token_budget,
         logprobs=s.llm_logprobs,
         prices=parse_prices(s.llm_prices),

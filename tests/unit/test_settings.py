@@ -69,3 +69,25 @@ def test_topic_overrides_and_suffix(monkeypatch: pytest.MonkeyPatch) -> None:
     assert t.tickets_auto == "tickets.auto.x"
     assert t.deadletter == "deadletter.x"
     assert t.lanes()["tickets.review.x"] == "review"
+
+
+def test_the_local_model_gets_longer_call_timeouts_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams import compose
+
+    for name in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "SLUICE_LLM_TIMEOUT_S",
+        "SLUICE_LLM_DEADLINE_S",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    local = compose.llm_config(Settings())
+    assert (local.timeout_s, local.deadline_s) == (120.0, 300.0)
+    monkeypatch.setenv("SLUICE_LLM_TIMEOUT_S", "45")
+    assert compose.llm_config(Settings()).timeout_s == 45.0  # an explicit setting wins
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    monkeypatch.delenv("SLUICE_LLM_TIMEOUT_S")
+    remote = compose.llm_config(Settings())
+    assert (remote.timeout_s, remote.deadline_s) == (30.0, 90.0)
