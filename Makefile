@@ -54,8 +54,11 @@ down: ## stop what demo/up/registry started: the worker, the broker, Redis and t
 demo: deps-demo setup up sinks ## run sample tickets through a worker on the offline model; print the lanes
 	$(BIN)/sluice demo
 
+# The small chaos run goes last, in a pytest process of its own: after it, in the same process,
+# test_kill's lane reads came up short on a fresh clone (cause not found yet; see CHANGELOG).
 test: deps-test setup up registry sinks ## run the unit and integration tests against real Kafka, Redis and registry
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests --ignore=tests/integration/test_chaos.py
+	$(BIN)/pytest tests/integration/test_chaos.py
 
 test-unit: setup ## unit tests only (no network)
 	$(BIN)/pytest tests/unit
