@@ -337,7 +337,11 @@ async def produce(rig: Rig, n: int, rate: float, sent: list[tuple[str, int, int]
             bootstrap_servers=s.bootstrap_servers, acks="all", enable_idempotence=True,
             request_timeout_ms=10_000,
         )  # fmt: skip
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()  # a producer that failed to start still owns a client
+            raise
         return producer
 
     producer = await new_producer()
@@ -357,9 +361,11 @@ async def produce(rig: Rig, n: int, rate: float, sent: list[tuple[str, int, int]
                 except Exception:  # the broker is restarting
                     with contextlib.suppress(Exception):
                         await producer.stop()
-                    await asyncio.sleep(1)
-                    with contextlib.suppress(Exception):
-                        producer = await new_producer()
+                    while True:
+                        await asyncio.sleep(1)
+                        with contextlib.suppress(Exception):
+                            producer = await new_producer()
+                            break
     finally:
         with contextlib.suppress(Exception):
             await producer.stop()
