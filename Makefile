@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up sinks registry down demo test test-unit lint bench eval soak chaos schemas-check clean
+.PHONY: help setup up sinks registry postgres down demo test test-unit lint bench eval soak chaos schemas-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -24,13 +24,14 @@ $(STAMP): pyproject.toml
 # Missing system commands first (infra/deps.sh: Debian packages, installed as root or with sudo -n,
 # otherwise it prints the apt-get command; SLUICE_SKIP_DEPS=1 skips). demo and test check all they
 # need before the long pip install, so one command covers everything missing.
-.PHONY: deps-setup deps-up deps-registry deps-demo deps-test
+.PHONY: deps-setup deps-up deps-registry deps-postgres deps-demo deps-test
 DEPS := @PYTHON='$(PYTHON)' bash infra/deps.sh
 deps-setup: ; $(DEPS) venv
 deps-up: ; $(DEPS) kafka redis
 deps-registry: ; $(DEPS) registry
+deps-postgres: ; $(DEPS) postgres
 deps-demo: ; $(DEPS) venv kafka redis
-deps-test: ; $(DEPS) venv kafka redis kcat registry java
+deps-test: ; $(DEPS) venv kafka redis kcat registry java postgres
 
 setup: deps-setup $(STAMP) ## create .venv and install Sluice with its dev tools and the offline model
 
@@ -44,19 +45,23 @@ sinks: setup ## start the local targets of the built-in tools: a webhook receive
 registry: deps-registry ## start a local Confluent-compatible schema registry (Apicurio, in memory) for the tests
 	bash infra/registry.sh start
 
-down: ## stop what demo/up/registry started: the worker, the broker, Redis and the registry
+postgres: deps-postgres ## start a local PostgreSQL on 127.0.0.1:5433 (the ledger's PostgreSQL backend; the tests use it)
+	bash infra/postgres.sh start
+
+down: ## stop what demo/up/registry/postgres started: the worker, the broker, Redis, the registry, PostgreSQL
 	-$(BIN)/python -c 'from pathlib import Path; from streams.demo import stop_worker; stop_worker(Path(".local"))'
 	bash infra/sinks.sh stop
 	bash infra/kafka.sh stop
 	bash infra/redis.sh stop
 	bash infra/registry.sh stop
+	bash infra/postgres.sh stop
 
 demo: deps-demo setup up sinks ## run sample tickets through a worker on the offline model; print the lanes
 	$(BIN)/sluice demo
 
 # The small chaos run goes last, in a pytest process of its own: after it, in the same process,
 # test_kill's lane reads came up short on a fresh clone (cause not found yet; see CHANGELOG).
-test: deps-test setup up registry sinks ## run the unit and integration tests against real Kafka, Redis and registry
+test: deps-test setup up registry sinks postgres ## run the unit and integration tests against real Kafka, Redis and registry
 	$(BIN)/pytest tests --ignore=tests/integration/test_chaos.py
 	$(BIN)/pytest tests/integration/test_chaos.py
 

@@ -10,6 +10,7 @@
 #   java      java and mvn whatever the services (the tests decode Avro with Java)
 #   redis     redis-server and redis-cli                                redis-server
 #   kcat      kcat (the tests produce and read raw records with it)     kcat
+#   postgres  initdb and pg_ctl (the ledger's PostgreSQL backend tests)  postgresql
 #
 # kafka and registry need nothing when KAFKA_BOOTSTRAP_SERVERS / SCHEMA_REGISTRY_URL name external
 # services, and redis needs only redis-cli (redis-tools) when REDIS_URL does: infra/kafka.sh,
@@ -27,7 +28,7 @@ log() { printf '%s: %s\n' "$NAME" "$*" >&2; }
 
 [[ "${SLUICE_SKIP_DEPS:-}" == 1 ]] && { log "skipped (SLUICE_SKIP_DEPS=1)"; exit 0; }
 
-ALL=(venv kafka registry java redis kcat)
+ALL=(venv kafka registry java redis kcat postgres)
 groups=("$@")
 ((${#groups[@]})) || groups=("${ALL[@]}")
 
@@ -71,6 +72,8 @@ check() {
         if external_redis; then need redis-cli redis-tools
         else need redis-server redis-server; need redis-cli redis-server; fi ;;
       kcat) need kcat kcat ;;
+      # Debian keeps initdb and pg_ctl off PATH, under /usr/lib/postgresql/<version>/bin.
+      postgres) bash "$(dirname "$0")/postgres.sh" bindir >/dev/null 2>&1 || add initdb postgresql ;;
       *) (IFS='|'; printf 'usage: %s [%s ...]\n' "$0" "${ALL[*]}" >&2); exit 2 ;;
     esac
   done

@@ -94,7 +94,8 @@ def toolbox(settings: Settings) -> Toolbox:
     """
     s = settings
     box = Toolbox()
-    box.add(PostInvoiceTool(s.ledger_path), agents=[INVOICE_AGENT])
+    ledger = s.ledger_url.get_secret_value() if s.ledger_url else s.ledger_path
+    box.add(PostInvoiceTool(ledger), agents=[INVOICE_AGENT])
     route = RouteTicketTool(s.webhook_url, ToolPolicy(min_confidence=0.7))
     box.add(route, agents=[TRIAGE_AGENT])
     box.add(AcknowledgeTool(s.smtp_host, s.smtp_port, s.mail_store), agents=[TRIAGE_AGENT])

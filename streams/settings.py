@@ -89,7 +89,10 @@ class Settings(BaseSettings):
     topic_effects: str = "effects.applied"
     """Where the executor writes one ToolEffect record per proposed action."""
     ledger_path: Path = Path(".local/sinks/ledger.db")
-    """The SQLite ledger the ``post_invoice`` tool writes to."""
+    """The SQLite ledger the ``post_invoice`` tool writes to, unless ``ledger_url`` is set."""
+    ledger_url: SecretStr | None = None
+    """A PostgreSQL URL (``postgresql://user:password@host:5432/db``) for the ledger instead of the
+    SQLite file; the ``ledger`` table is created on first use. Secret: it may hold a password."""
     webhook_url: str = "http://127.0.0.1:8095/hooks"
     """Base URL of the team-routing webhook (``route_to_team`` posts to ``<url>/route`` and looks
     keys up at ``<url>/route/<key>``); ``make up`` starts a local receiver there."""

@@ -52,6 +52,31 @@ def services() -> Settings:
     return settings
 
 
+POSTGRES_URL = os.environ.get(
+    "SLUICE_TEST_POSTGRES_URL", "postgresql://sluice@127.0.0.1:5433/sluice"
+)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose connections see only this test's own schema (``search_path``).
+
+    ``make test`` starts the server (infra/postgres.sh); SLUICE_TEST_POSTGRES_URL names another.
+    """
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    try:
+        with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer (run `make postgres`): {exc}")
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 @pytest.fixture
 def isolated(services: Settings) -> Isolated:
     tag = uuid.uuid4().hex[:8]

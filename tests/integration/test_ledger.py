@@ -1,4 +1,5 @@
-"""The ledger tool through run_effect: real SQLite file, real Redis; rows counted at the sink."""
+"""The ledger tool through run_effect, on both backends: a real SQLite file and a real PostgreSQL
+server (``make postgres``), with real Redis; rows counted at the table."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis.asyncio as aioredis
+from pydantic import SecretStr
 
 from agents.effects import run_effect
 from agents.idempotency import IdempotencyStore
-from agents.ledger import PostInvoice, PostInvoiceTool
+from agents.ledger import PostgresLedger, PostInvoice, PostInvoiceTool, SqliteLedger
 from agents.tools import digest
+from streams.compose import toolbox
 from streams.settings import Settings
 
 INVOICE = PostInvoice(
@@ -36,38 +40,88 @@ async def store(services: Settings) -> AsyncIterator[IdempotencyStore]:
     await r.aclose()
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where the ledger lives: a SQLite file, or a PostgreSQL URL on this test's own schema."""
+    if request.param == "sqlite":
+        return tmp_path / "ledger.db"
+    return str(request.getfixturevalue("postgres_url"))
+
+
 async def test_a_redelivered_invoice_is_posted_once(
-    store: IdempotencyStore, tmp_path: Path
+    store: IdempotencyStore, target: Path | str
 ) -> None:
-    tool = PostInvoiceTool(tmp_path / "ledger.db")
+    tool = PostInvoiceTool(target)
     first = await run_effect(store, tool, INVOICE, "ev-1")
     again = await run_effect(store, tool, INVOICE, "ev-1")
     assert (first.status, again.status) == ("applied", "duplicate")
     assert again.result == first.result
-    assert tool.count() == 1
+    assert await tool.count() == 1
 
 
 async def test_a_crash_after_the_insert_is_reconciled_from_the_table(
-    store: IdempotencyStore, tmp_path: Path
+    store: IdempotencyStore, target: Path | str
 ) -> None:
-    tool = PostInvoiceTool(tmp_path / "ledger.db")
+    tool = PostInvoiceTool(target)
     key = tool.key("ev-1", INVOICE)
     claim = await store.claim(key, digest(INVOICE.model_dump(mode="json")))
-    await tool.apply(INVOICE, key)  # the row is written, then the process dies before "done"
+    posted = await tool.apply(INVOICE, key)  # the row is written, then the process dies
     await asyncio.sleep(0.3)
     out = await run_effect(store, tool, INVOICE, "ev-1")
     assert (out.status, out.reconciled, out.attempts) == ("applied", True, 2)
+    assert out.result == posted  # what the table holds, not a new posting
     assert claim.state == "claimed"
-    assert tool.count() == 1
+    assert await tool.count() == 1
+
+
+async def test_a_crash_before_the_insert_posts_it_once(
+    store: IdempotencyStore, target: Path | str
+) -> None:
+    tool = PostInvoiceTool(target)
+    key = tool.key("ev-1", INVOICE)
+    await store.claim(key, digest(INVOICE.model_dump(mode="json")))  # claimed, then died
+    await asyncio.sleep(0.3)
+    out = await run_effect(store, tool, INVOICE, "ev-1")
+    assert (out.status, out.reconciled) == ("applied", False)
+    assert await tool.count() == 1
 
 
 async def test_the_key_as_primary_key_stops_a_second_row_even_without_redis(
-    tmp_path: Path,
+    target: Path | str,
 ) -> None:
     # Two owners both believe they hold the key (one frozen past its lease): the table refuses
     # the second row, and both get the one posting back.
-    tool = PostInvoiceTool(tmp_path / "ledger.db")
+    tool = PostInvoiceTool(target)
     key = tool.key("ev-1", INVOICE)
     one, two = await asyncio.gather(tool.apply(INVOICE, key), tool.apply(INVOICE, key))
     assert one == two
-    assert tool.count() == 1
+    assert await tool.count() == 1
+
+
+async def test_postgres_row_has_typed_columns(postgres_url: str) -> None:
+    tool = PostInvoiceTool(postgres_url)
+    await tool.apply(INVOICE, "k-1")
+    with psycopg.connect(postgres_url) as conn:
+        row = conn.execute("SELECT total, issue_date, currency, event_id FROM ledger").fetchone()
+    assert row == (Decimal("54.05"), date(2026, 3, 1), "EUR", "ev-1")
+
+
+async def test_postgres_down_is_a_definite_failure_and_the_key_is_released(
+    store: IdempotencyStore, postgres_url: str
+) -> None:
+    # A refused connection sent nothing: the claim is released, and once the database is back
+    # the same event posts the invoice (not parked as "unknown", not lost).
+    down = PostInvoiceTool(PostgresLedger("postgresql://sluice@127.0.0.1:1/sluice"))
+    failed = await run_effect(store, down, INVOICE, "ev-1")
+    assert failed.status == "failed"
+    assert "cannot connect" in (failed.error or "")
+    back = PostInvoiceTool(postgres_url)
+    out = await run_effect(store, back, INVOICE, "ev-1")
+    assert out.status == "applied"
+    assert await back.count() == 1
+
+
+def test_settings_choose_the_backend(services: Settings, postgres_url: str) -> None:
+    with_url = services.model_copy(update={"ledger_url": SecretStr(postgres_url)})
+    assert isinstance(toolbox(with_url).tools["post_invoice"].ledger, PostgresLedger)
+    assert isinstance(toolbox(services).tools["post_invoice"].ledger, SqliteLedger)
