@@ -59,11 +59,8 @@ down: ## stop what demo/up/registry/postgres started: the worker, the broker, Re
 demo: deps-demo setup up sinks ## run sample tickets through a worker on the offline model; print the lanes
 	$(BIN)/sluice demo
 
-# The small chaos run goes last, in a pytest process of its own: after it, in the same process,
-# test_kill's lane reads came up short on a fresh clone (cause not found yet; see CHANGELOG).
-test: deps-test setup up registry sinks postgres ## run the unit and integration tests against real Kafka, Redis and registry
-	$(BIN)/pytest tests --ignore=tests/integration/test_chaos.py
-	$(BIN)/pytest tests/integration/test_chaos.py
+test: deps-test setup up registry sinks postgres ## run the unit and integration tests against real Kafka, Redis, registry and PostgreSQL
+	$(BIN)/pytest tests
 
 test-unit: setup ## unit tests only (no network)
 	$(BIN)/pytest tests/unit

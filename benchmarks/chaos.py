@@ -449,7 +449,10 @@ async def effect_statuses(rig: Rig) -> Counter[str]:
 
     topic = rig.settings.topics.effects
     out: Counter[str] = Counter()
-    consumer = AIOKafkaConsumer(bootstrap_servers=rig.settings.bootstrap_servers)
+    # earliest: seek_to_beginning alone can lose a race with the default "latest" reset
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=rig.settings.bootstrap_servers, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for _, p in await partitions(rig.settings, [topic])]

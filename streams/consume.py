@@ -50,8 +50,13 @@ async def consume(
     """Print records until ``max_records``, or ``idle_timeout_s`` without one, or forever."""
     codec = compose.codec(settings, register=False)  # a reader: registers nothing
     tps = await partitions(settings, [topic])
+    # The reset policy matches the seek below: aiokafka starts a reset with the default policy at
+    # assign(), and when its answer lands after seek_to_beginning it wins (the fetcher checks only
+    # that *a* reset is awaited), so a "latest" default could make --from-beginning print nothing.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
     )
     await consumer.start()
     printed = 0

@@ -42,7 +42,12 @@ async def read_all(s: Settings, topic: str, want: int, timeout_s: float) -> list
     tps = await partitions(s, [topic])
     deadline = time.monotonic() + timeout_s
     values: list[bytes] = []
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False)
+    # earliest: seek_to_beginning alone can lose a race with the default "latest" reset
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
         consumer.assign([TopicPartition(topic, p) for _, p in tps])

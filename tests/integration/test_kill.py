@@ -49,7 +49,13 @@ def report(name: str, **numbers: Any) -> None:
 async def read_lanes(s: Settings) -> list[tuple[Coord, str, int]]:
     """Every output record now on the lanes: (input coordinate, lane, output timestamp ms)."""
     by_topic = lane_topics(s)
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap_servers, enable_auto_commit=False)
+    # earliest: with the default "latest", the reset that assign() starts can land after
+    # seek_to_beginning and win (aiokafka fetcher race): the read then finds nothing.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     await asyncio.sleep(0)  # aiokafka#647
     try:

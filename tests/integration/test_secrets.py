@@ -92,7 +92,10 @@ async def test_no_secret_leaves_its_field(
 async def read_all(settings: Settings, topics: list[str]) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record on ``topics``, headers included."""
     tps = await partitions(settings, topics)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    # earliest: seek_to_beginning alone can lose a race with the default "latest" reset
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest"
+    )
     await consumer.start()
     try:
         consumer.assign(tps)
