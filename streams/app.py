@@ -27,6 +27,7 @@ from streams.flow import Flow
 from streams.meta import Meta
 from streams.outcome import Outcome
 from streams.pipeline import Pipeline
+from streams.policy import routing_policy
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -120,7 +121,8 @@ def create_app(
     Every size and timeout comes from ``settings``; ``codec`` defaults to single-object Avro.
     """
     codec = codec or Codec()
-    pipelines = [Pipeline(flow, settings, codec) for flow in flows]
+    policy = routing_policy(settings, flows)
+    pipelines = [Pipeline(flow, settings, codec, policy.of(flow.name)) for flow in flows]
     app = faust_app(settings, settings.app_id)
     engine = new_engine(settings)
     send = sender(app)

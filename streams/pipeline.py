@@ -21,6 +21,7 @@ from streams import deadletter
 from streams.flow import Envelope, Flow
 from streams.meta import Meta
 from streams.outcome import Outcome
+from streams.policy import FlowPolicy, apply_policy
 from streams.router import Decision
 from streams.settings import Settings
 
@@ -32,13 +33,18 @@ class Pipeline:
     dead-letter. The same for every flow; what differs lives in the :class:`Flow`."""
 
     def __init__(
-        self, flow: Flow[Any, Any], settings: Settings, codec: Codec | None = None
+        self,
+        flow: Flow[Any, Any],
+        settings: Settings,
+        codec: Codec | None = None,
+        policy: FlowPolicy | None = None,
     ) -> None:
         self.flow = flow.name
         self.spec = flow
         self.agent = flow.agent
         self.codec = codec or Codec()
-        self.threshold = settings.auto_threshold
+        self.policy = policy or FlowPolicy(threshold=settings.auto_threshold)
+        self.threshold = self.policy.threshold
         self.topics = settings.topics
         self.max_message_bytes = settings.max_message_bytes
         self.limits = Limits(max_bytes=settings.max_message_bytes)
@@ -51,7 +57,7 @@ class Pipeline:
         """The result record of one event and its routing decision; raises on any failure."""
         event = parse_event(meta.value, self.spec.event, self.limits)
         result = await self.agent.run(event)
-        decision = self.spec.router(result, self.threshold)
+        proposed = self.spec.router(result, self.threshold)
         envelope = Envelope(
             event_id=event_id,
             confidence=result.confidence.score,
@@ -61,14 +67,21 @@ class Pipeline:
                 model=result.model,
                 prompt_version=result.prompt_version,
             ),
-            route=Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold),
+            route=Route(lane=proposed.lane, reason=proposed.reason, threshold=self.threshold),
             usage=result.usage,
             source=Source(topic=meta.topic, partition=meta.partition, offset=meta.offset),
             received_at=meta.timestamp or datetime.now(UTC),
             processed_at=datetime.now(UTC),
             confidence_detail=result.confidence,
         )
-        return self.spec.record(event, result, envelope), decision
+        record = self.spec.record(event, result, envelope)
+        # The policy judges the built record (amounts, fields) and the event (customer plan),
+        # and can only send a result to review, never out of it.
+        decision = apply_policy(proposed, self.policy, record, event)
+        if decision != proposed and "route" in type(record).model_fields:
+            route = Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold)
+            record = record.model_copy(update={"route": route})
+        return record, decision
 
     async def handle(self, meta: Meta) -> Outcome:
         """The one outcome of ``meta``. Never raises, except ``CancelledError``.

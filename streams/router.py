@@ -15,8 +15,11 @@ ResultLane = Literal["auto", "review"]
 
 @dataclass(frozen=True)
 class Decision:
+    """A lane and why: ``reason`` is what the record carries, ``reasons`` each cause alone."""
+
     lane: ResultLane
     reason: str
+    reasons: tuple[str, ...] = ()
 
 
 def route(

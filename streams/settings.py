@@ -191,7 +191,11 @@ class Settings(BaseSettings):
 
     # --- Routing ---
     auto_threshold: float = Field(0.8, ge=0.0, le=1.0)
-    """Results with confidence at or above this go to the auto lane, the rest to review."""
+    """Results with confidence at or above this go to the auto lane, the rest to review (every
+    flow's threshold unless the policy file sets one)."""
+    policy_file: Path | None = None
+    """A TOML routing policy: per-flow thresholds, per-field thresholds and hard rules that send
+    results to review (see :mod:`streams.policy`). Validated when the worker starts."""
 
     # --- Logging ---
     log_level: Literal["debug", "info", "warning", "error"] = "info"
