@@ -28,10 +28,14 @@ breaker and the dead-letter code read a flag instead of walking ``isinstance`` l
     │       ├── Refusal          the model declined to answer
     │       ├── Truncated        the answer hit max_tokens
     │       └── ContentFiltered  the provider's content filter blocked the answer
-    └── ToolError                a side effect did not run, or may not have
-        ├── EffectFailed         the target system said no: nothing happened (a tool raises it)
-        ├── IdempotencyConflict  the effect's key was claimed before with different input
-        └── StoreUnavailable     the idempotency store (Redis) did not answer: nothing was run
+    ├── ToolError                a side effect did not run, or may not have
+    │   ├── EffectFailed         the target system said no: nothing happened (a tool raises it)
+    │   ├── IdempotencyConflict  the effect's key was claimed before with different input
+    │   └── StoreUnavailable     the idempotency store (Redis) did not answer: nothing was run
+    └── ReviewError              a reviewer's request cannot be done as asked
+        ├── ItemNotFound         no review item with that id
+        ├── ReviewConflict       claimed by another reviewer, or decided already
+        └── InvalidEdit          an edit names an unknown or locked field, or fails the schema
 """
 
 from __future__ import annotations
@@ -219,3 +223,27 @@ class StoreUnavailable(ToolError):
 
     retriable = True
     reason = "idempotency_store_unavailable"
+
+
+class ReviewError(SluiceError):
+    """A reviewer's request cannot be done as asked (see :mod:`streams.review`)."""
+
+    reason = "review_error"
+
+
+class ItemNotFound(ReviewError):
+    """No review item has that id (or not yet: the service reads the review lanes as they grow)."""
+
+    reason = "item_not_found"
+
+
+class ReviewConflict(ReviewError):
+    """Another reviewer holds the item's claim, or the item is decided already."""
+
+    reason = "review_conflict"
+
+
+class InvalidEdit(ReviewError):
+    """An edit names an unknown or locked field, or its result fails the record's schema."""
+
+    reason = "invalid_edit"

@@ -220,6 +220,14 @@ class InvoiceExtracted(_Record):
 ReviewVerdict = Literal["approve", "correct", "reject"]
 
 
+class FieldChange(_Record):
+    """One field a reviewer changed: the values before and after, as JSON text."""
+
+    field: str
+    before: str
+    after: str
+
+
 class ReviewDecision(_Record):
     """A person's decision on a result from a review lane, on ``*.reviewed``."""
 
@@ -231,6 +239,15 @@ class ReviewDecision(_Record):
     comment: str | None
     model_confidence: float
     decided_at: datetime
+    decision_id: str = ""
+    item: Source | None = None
+    """The review-lane record decided (its coordinates): the key of "decided exactly once"."""
+    changes: list[FieldChange] = []
+    seconds_to_decision: float = 0.0
+    """From the result's ``processed_at`` to ``decided_at``."""
+    record: bytes | None = None
+    """The result as decided (approved as is, or corrected), Avro single-object encoded: what the
+    executor runs the actions of. None for a rejection."""
 
 
 EffectStatus = Literal["applied", "duplicate", "failed", "unknown", "refused"]

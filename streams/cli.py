@@ -1,4 +1,4 @@
-"""The ``sluice`` command: worker, topics, produce, consume, schemas, demo."""
+"""The ``sluice`` command: worker, executor, review, topics, produce, consume, schemas, demo."""
 
 from __future__ import annotations
 
@@ -193,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="run sample tickets through a worker and count the lanes")
     d.add_argument("--timeout", type=float, default=600.0)
     d.add_argument("--state-dir", default=".local")
+    from streams.review.cli import add_parser as add_review
+    from streams.review.cli import run as cmd_review
+
+    add_review(sub)
     args = parser.parse_args(argv)
     commands = {
+        "review": cmd_review,
         "worker": cmd_worker,
         "executor": cmd_executor,
         "topics": cmd_topics,

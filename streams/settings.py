@@ -197,6 +197,22 @@ class Settings(BaseSettings):
     """A TOML routing policy: per-flow thresholds, per-field thresholds and hard rules that send
     results to review (see :mod:`streams.policy`). Validated when the worker starts."""
 
+    # --- Review ---
+    reviewers_file: Path | None = None
+    """TOML naming each reviewer with the SHA-256 of their token (``sluice review token NAME``);
+    the review service refuses to start without it."""
+    review_host: str = "127.0.0.1"
+    review_port: int = Field(8090, ge=1, le=65535)
+    """Where ``sluice review serve`` listens."""
+    review_url: str = "http://127.0.0.1:8090"
+    """Where the ``sluice review`` CLI finds the service."""
+    review_token: SecretStr | None = None
+    """The CLI's reviewer token."""
+    review_claim_s: float = Field(900.0, gt=0)
+    """How long a claim holds an item for one reviewer (renewed by claiming again)."""
+    review_sla_s: float = Field(4 * 3600.0, gt=0)
+    """An item pending longer than this is flagged as an SLA breach."""
+
     # --- Logging ---
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
