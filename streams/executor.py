@@ -1,10 +1,14 @@
 """The executor stage: result records in, effects out, each effect exactly once.
 
-``sluice executor`` consumes the auto lane of every flow whose
+``sluice executor`` consumes the auto lane and the reviewed topic of every flow whose
 :class:`~streams.flow.FlowSpec` names ``actions``, on the same engine as the worker (many records
-in flight, finished-prefix acks), in its own consumer group. For each record:
+in flight, finished-prefix acks), in its own consumer group. From the reviewed topic it takes the
+``ReviewDecision`` records that approve or correct a result, and runs the result *as decided* (the
+corrected record, never the model's original); a rejection runs nothing. For each record:
 
-1. ``spec.actions(record, "auto")`` lists what the record asks for (a tool name and its input);
+1. ``spec.actions(record, source)`` lists what the record asks for (a tool name and its input),
+   with ``source`` ``"auto"`` or ``"reviewed"`` — the tool policy lets high-risk tools run only
+   from a person's decision, and applies its confidence gates only to the auto lane;
 2. :meth:`~agents.tools.Toolbox.vet` refuses what the agent's allowlist or the tool's policy does
    not allow — a tool name that came from model output and is not on the list never runs;
 3. :func:`~agents.effects.run_effect` runs the rest through the Redis idempotency claim;
@@ -32,9 +36,10 @@ import structlog
 from agents.effects import EffectOutcome, run_effect
 from agents.idempotency import IdempotencyStore
 from agents.tools import Action, Refused, Toolbox, canonical, digest
+from agents.tools import Source as DecisionSource
 from schemas.codec import Codec
 from schemas.errors import IdempotencyConflict, StoreUnavailable
-from schemas.records import ToolEffect
+from schemas.records import ReviewDecision, ToolEffect
 from streams import deadletter
 from streams.app import faust_app, meta_of, new_engine, sender
 from streams.emit import Emitter, Strikes, die
@@ -71,7 +76,14 @@ class Executor:
         assert self.spec.actions is not None
         try:
             record: Any = self.codec.decode(meta.value or b"")
-            actions = self.spec.actions(record, "auto")
+            source: DecisionSource = "auto"
+            if isinstance(record, ReviewDecision):
+                if record.verdict == "reject" or record.record is None:
+                    log.info("executor.rejected", event_id=record.event_id, flow=self.flow)
+                    return []
+                record = self.codec.decode(record.record)
+                source = "reviewed"
+            actions = self.spec.actions(record, source)
         except Exception as exc:  # unreadable, or a record this flow's actions cannot read
             return exc
         return [await self._one(record.event_id, action) for action in actions]
@@ -142,8 +154,8 @@ def create_executor_app(
     settings: Settings, specs: list[FlowSpec], codec: Codec, toolbox: Toolbox,
     store: IdempotencyStore,
 ) -> faust.App:  # fmt: skip
-    """The faust app of ``sluice executor``: one faust agent per flow with actions, reading that
-    flow's auto lane in the consumer group ``<app_id>-executor``."""
+    """The faust app of ``sluice executor``: two faust agents per flow with actions, reading that
+    flow's auto lane and its reviewed topic in the consumer group ``<app_id>-executor``."""
     app = faust_app(settings, f"{settings.app_id}-executor")
     engine = new_engine(settings)
     send = sender(app)
@@ -203,10 +215,13 @@ def create_executor_app(
         if spec.actions is None:
             continue
         executor = Executor(spec, settings, codec, toolbox, store)
-        source = app.topic(settings.topics.of(spec.name, "auto"))
+        for role, name in (
+            ("auto", f"{spec.name}-executor"),
+            ("reviewed", f"{spec.name}-reviewed"),
+        ):
 
-        async def agent(stream: Any, executor: Executor = executor) -> None:
-            await run(executor, stream)
+            async def agent(stream: Any, executor: Executor = executor) -> None:
+                await run(executor, stream)
 
-        app.agent(source, name=f"{spec.name}-executor")(agent)
+            app.agent(app.topic(settings.topics.of(spec.name, role)), name=name)(agent)
     return app
