@@ -31,7 +31,7 @@ deps-up: ; $(DEPS) kafka redis
 deps-registry: ; $(DEPS) registry
 deps-postgres: ; $(DEPS) postgres
 deps-demo: ; $(DEPS) venv kafka redis
-deps-test: ; $(DEPS) venv kafka redis kcat registry java postgres
+deps-test: ; $(DEPS) venv kafka redis kcat registry java postgres chromium
 
 setup: deps-setup $(STAMP) ## create .venv and install Sluice with its dev tools and the offline model
 

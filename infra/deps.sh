@@ -11,6 +11,7 @@
 #   redis     redis-server and redis-cli                                redis-server
 #   kcat      kcat (the tests produce and read raw records with it)     kcat
 #   postgres  initdb and pg_ctl (the ledger's PostgreSQL backend tests)  postgresql
+#   chromium  a headless browser for the review UI's browser test       chromium
 #
 # kafka and registry need nothing when KAFKA_BOOTSTRAP_SERVERS / SCHEMA_REGISTRY_URL name external
 # services, and redis needs only redis-cli (redis-tools) when REDIS_URL does: infra/kafka.sh,
@@ -28,7 +29,7 @@ log() { printf '%s: %s\n' "$NAME" "$*" >&2; }
 
 [[ "${SLUICE_SKIP_DEPS:-}" == 1 ]] && { log "skipped (SLUICE_SKIP_DEPS=1)"; exit 0; }
 
-ALL=(venv kafka registry java redis kcat postgres)
+ALL=(venv kafka registry java redis kcat postgres chromium)
 groups=("$@")
 ((${#groups[@]})) || groups=("${ALL[@]}")
 
@@ -74,6 +75,8 @@ check() {
       kcat) need kcat kcat ;;
       # Debian keeps initdb and pg_ctl off PATH, under /usr/lib/postgresql/<version>/bin.
       postgres) bash "$(dirname "$0")/postgres.sh" bindir >/dev/null 2>&1 || add initdb postgresql ;;
+      chromium) command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+                  || add chromium chromium ;;
       *) (IFS='|'; printf 'usage: %s [%s ...]\n' "$0" "${ALL[*]}" >&2); exit 2 ;;
     esac
   done
@@ -100,10 +103,11 @@ log "missing ${missing[*]}; installing ${pkgs[*]}"
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
 
+installed=("${pkgs[@]}")
 hash -r
 check
 if ((${#missing[@]})); then
   log "error: still missing ${missing[*]} after installing ${pkgs[*]}"
   exit 1
 fi
-log "ok (${groups[*]}): installed ${pkgs[*]}"
+log "ok (${groups[*]}): installed ${installed[*]}"

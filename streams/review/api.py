@@ -1,7 +1,8 @@
-"""``sluice review serve``: the JSON API over the review desk.
+"""``sluice review serve``: the JSON API and the web UI (:mod:`streams.review.web`) over the desk.
 
-Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` of a configured reviewer
-(:mod:`streams.review.auth`); anything else gets 401 before any handler runs. Errors are JSON
+Every ``/api`` route needs ``Authorization: Bearer <token>`` of a configured reviewer
+(:mod:`streams.review.auth`); anything else gets 401 before any handler runs. Pages need a
+session (``/login``) and, for every form, its CSRF token. API errors are JSON
 ``{"error": reason, "message": ...}``: 404 unknown item, 409 claimed by another reviewer or
 decided already, 422 an edit the record's schema refuses.
 
@@ -36,6 +37,7 @@ from schemas.records import Source
 from streams.review.auth import Reviewers, load_reviewers
 from streams.review.desk import ReviewDesk, editable
 from streams.review.state import Item, ReviewState, TopicFeed
+from streams.review.web import SessionStore, add_routes, guard
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -43,6 +45,7 @@ log = structlog.get_logger(__name__)
 DESK: web.AppKey[ReviewDesk] = web.AppKey("desk", ReviewDesk)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 REVIEWERS: web.AppKey[Reviewers] = web.AppKey("reviewers", Reviewers)
+SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
 STATUS = {ItemNotFound: 404, ReviewConflict: 409}
 
 
@@ -50,9 +53,12 @@ STATUS = {ItemNotFound: 404, ReviewConflict: 409}
 async def authenticate(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Refuse every request without a valid reviewer token (``/healthz`` excepted)."""
+    """Refuse every request without valid credentials (``/healthz`` excepted): a reviewer token
+    for ``/api``, a session and its CSRF token for pages."""
     if request.path == "/healthz":
         return await handler(request)
+    if not request.path.startswith("/api/"):
+        return await guard(request, handler, request.app[SESSIONS])
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     reviewer = (
@@ -228,13 +234,15 @@ async def fetch(settings: Settings, where: Source) -> bytes | None:
 
 
 def create_review_app(
-    desk: ReviewDesk, settings: Settings, reviewers: Reviewers
+    desk: ReviewDesk, settings: Settings, reviewers: Reviewers, sessions: SessionStore
 ) -> web.Application:
-    """The aiohttp application (routes and the auth middleware) over ``desk``."""
+    """The aiohttp application (API and UI routes, the auth middleware) over ``desk``."""
     app = web.Application(middlewares=[authenticate], client_max_size=1024 * 1024)
     app[DESK] = desk
     app[SETTINGS] = settings
     app[REVIEWERS] = reviewers
+    app[SESSIONS] = sessions
+    add_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/items", list_items)
     app.router.add_get("/api/items/{id}", show_item)
@@ -279,7 +287,9 @@ async def serve(settings: Settings, flows: list[str]) -> None:
             claim_s=settings.review_claim_s,
             codec=codec,
         )
-        runner = web.AppRunner(create_review_app(desk, settings, reviewers), access_log=None)
+        sessions = SessionStore(redis, f"sluice:review:{settings.app_id}")
+        app = create_review_app(desk, settings, reviewers, sessions)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, settings.review_host, settings.review_port).start()
         log.info(

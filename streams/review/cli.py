@@ -27,6 +27,10 @@ def add_parser(sub: Any) -> None:
     serve.add_argument("--flow", action="append", help="a flow to review (default: all)")
     token = rs.add_parser("token", help="make a reviewer token; prints the reviewers-file lines")
     token.add_argument("name")
+    password = rs.add_parser(
+        "password", help="hash a web password (asked for, or one line on stdin); prints the line"
+    )
+    password.add_argument("name")
     ls = rs.add_parser("list", help="items, oldest first")
     ls.add_argument("--flow")
     ls.add_argument("--state", choices=["pending", "decided", "all"], default="pending")
@@ -72,6 +76,17 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         token = new_token()
         print(f"token for {args.name} (give it to them; it is not stored): {token}")
         print(f'\n[reviewers.{args.name}]\ntoken_sha256 = "{token_digest(token)}"')
+        return 0
+    if command == "password":
+        import getpass
+
+        from streams.review.auth import password_hash
+
+        secret = getpass.getpass(f"password for {args.name}: ") if sys.stdin.isatty() else ""
+        secret = secret or sys.stdin.readline().rstrip("\n")
+        if len(secret) < 8:
+            raise ConfigError("a password needs at least 8 characters")
+        print(f'[reviewers.{args.name}]\npassword_argon2 = "{password_hash(secret)}"')
         return 0
     if command == "list":
         query = "&".join(f"{k}={v}" for k, v in (("flow", args.flow), ("state", args.state)) if v)

@@ -43,8 +43,13 @@ return 0
 
 
 def editable(record: BaseModel) -> list[str]:
-    """The fields of ``record`` a reviewer may edit."""
-    return [name for name in type(record).model_fields if name not in LOCKED]
+    """The fields of ``record`` a reviewer may edit: not the locked ones, and no ``*_id`` (an id
+    says which ticket or document this is, not what the model made of it)."""
+    return [
+        name
+        for name in type(record).model_fields
+        if name not in LOCKED and not name.endswith("_id")
+    ]
 
 
 class ReviewDesk:
