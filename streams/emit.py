@@ -126,12 +126,21 @@ class Emitter:
         try:
             async with asyncio.timeout(self.timeout_s):  # no extra task per event, unlike wait_for
                 await self.send(outcome)
-            return outcome
         except Exception as exc:
             cause = unwritable(exc)
             if cause is not None:
                 return await self._replace(outcome, meta, flow, cause, "the record is unwritable")
             return await self.strike(meta, flow, exc, outcome)
+        for copy in outcome.copies:  # the event is in its lane; a copy only adds a review item
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await self.send(copy)
+            except Exception as exc:
+                if unwritable(exc) is None:
+                    return await self.strike(meta, flow, exc, outcome)  # redelivered: both again
+                log.error("emit.copy_unwritable", event_id=copy.event_id, topic=copy.topic,
+                          error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        return outcome
 
     async def strike(
         self, meta: Meta, flow: str, error: BaseException, outcome: Outcome | None = None

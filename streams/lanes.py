@@ -40,6 +40,9 @@ class Tally:
     #: the model judged differently): each input must end in exactly one lane.
     other_lane: Counter[Coord] = field(default_factory=Counter)
     _lane_of: dict[Coord, str] = field(default_factory=dict)
+    #: Review copies of auto results (audit samples, held actions): not a lane of their own. A
+    #: record on a review topic whose ``route.lane`` is ``auto`` is one.
+    copies: Counter[Coord] = field(default_factory=Counter)
 
     def seen(self) -> set[Coord]:
         """Every input coordinate with an output in some lane."""
@@ -111,7 +114,12 @@ async def collect(
                     coord = (src.topic, src.partition, src.offset)
                     if coord not in wanted:
                         continue
-                    tally.add(by_topic[tp.topic], coord, record)
+                    lane = by_topic[tp.topic]
+                    route = getattr(record, "route", None)
+                    if lane == "review" and getattr(route, "lane", None) == "auto":
+                        tally.copies[coord] += 1
+                        continue
+                    tally.add(lane, coord, record)
             await asyncio.sleep(0)
         return tally
     finally:

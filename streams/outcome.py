@@ -28,6 +28,9 @@ class Outcome:
     reason: str
     usage: Usage | None = None
     """What the LLM step cost, kept so a replacement dead letter can still report it."""
+    copies: tuple[Outcome, ...] = ()
+    """Review copies written after the record: an audit sample, or a result's held actions.
+    Their ``route.lane`` stays the record's lane, which is where the event ended."""
 
     @property
     def size(self) -> int:

@@ -7,6 +7,7 @@ each message only once it is accounted for, and keep running after poison input.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from streams import deadletter
 from streams.flow import Envelope, Flow
 from streams.meta import Meta
 from streams.outcome import Outcome
-from streams.policy import FlowPolicy, apply_policy
+from streams.policy import FlowPolicy, apply_policy, audit_sampled, held_actions
 from streams.router import Decision
 from streams.settings import Settings
 
@@ -83,6 +84,36 @@ class Pipeline:
             record = record.model_copy(update={"route": route})
         return record, decision
 
+    def review_copy(
+        self, record: BaseModel, decision: Decision, event_id: str
+    ) -> tuple[BaseModel, tuple[str, BaseModel] | None]:
+        """For an auto result: the record for the auto lane, and a review copy if the policy
+        holds some of its actions (``held``: the auto record keeps only the confident ones) or
+        samples it for audit (``audit``). The copy's ``route.lane`` stays ``auto``."""
+        if decision.lane != "auto" or "route" not in type(record).model_fields:
+            return record, None
+        policy = self.policy
+        held = held_actions(record, policy.action_threshold)
+        audit = audit_sampled(event_id, policy.audit_rate)
+        if not held and not audit:
+            return record, None
+        reasons = []
+        actions = list(getattr(record, "actions", None) or [])
+        if held:
+            listed = ", ".join(
+                f"actions[{i}] {actions[i].action} {actions[i].confidence:.2f}" for i in held
+            )
+            reasons.append(f"actions held for a person (< {policy.action_threshold:.2f}): {listed}")
+        if audit:
+            reasons.append(f"audit sample ({policy.audit_rate:g} of auto)")
+        reason = "; ".join(reasons) + f"; routed auto: {decision.reason}"
+        route = Route(lane="auto", reason=reason[:1000], threshold=self.threshold)
+        copy = record.model_copy(update={"route": route})
+        if held:
+            kept = [a for i, a in enumerate(actions) if i not in held]
+            record = record.model_copy(update={"actions": kept})
+        return record, ("held" if held else "audit", copy)
+
     async def handle(self, meta: Meta) -> Outcome:
         """The one outcome of ``meta``. Never raises, except ``CancelledError``.
 
@@ -97,7 +128,8 @@ class Pipeline:
             event_id = peek_event_id(meta.value, self.limits) or event_id
             record, decision = await self.result(meta, event_id)
             usage = getattr(record, "usage", None)
-            return Outcome.build(
+            record, copy = self.review_copy(record, decision, event_id)
+            outcome = Outcome.build(
                 decision.lane,
                 self.lane_topic(decision.lane),
                 meta,
@@ -106,6 +138,19 @@ class Pipeline:
                 decision.reason,
                 usage=usage,
             )
+            if copy is None:
+                return outcome
+            kind, held = copy
+            review = Outcome.build(
+                "auto",  # where the event ended: the copy only asks a person to look
+                self.lane_topic("review"),
+                meta,
+                self.codec.encode(held),
+                event_id,
+                held.route.reason,  # type: ignore[attr-defined]
+                extra_headers=[("sluice.copy", kind.encode())],
+            )
+            return replace(outcome, copies=(review,))
         except Exception as exc:  # errors become data; CancelledError is BaseException and passes
             return self.dead_letter(exc, meta, event_id, usage)
 

@@ -35,6 +35,7 @@ with the file, the flow and the rule named.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -102,6 +103,13 @@ class FlowPolicy(BaseModel):
 
     threshold: float = Field(0.8, ge=0.0, le=1.0)
     """The overall confidence a result needs for the auto lane."""
+    action_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    """Per-action split: an auto result's actions below this confidence are held for a person
+    (a review copy of the result, ``route.lane`` still ``auto``) while the rest run. None: no
+    split."""
+    audit_rate: float = Field(0.0, ge=0.0, le=1.0)
+    """The share of auto results also queued for review as audit samples (chosen by event id, so
+    a redelivered event is sampled the same way), to measure the auto lane's precision."""
     fields: dict[str, float] = Field(default_factory=dict)
     """Per-field minimum confidence, read from the record's ``field_confidence``; a field with no
     confidence there counts as 0."""
@@ -257,3 +265,20 @@ def _equal(a: Any, b: Any) -> bool:
     if x is not None and y is not None:
         return x == y
     return bool(getattr(a, "value", a) == b)  # an enum compares by its value
+
+
+def audit_sampled(event_id: str, rate: float) -> bool:
+    """Whether ``event_id`` is in the audit sample at ``rate``: a hash, not a random draw, so
+    replays and redeliveries agree."""
+    if rate <= 0.0:
+        return False
+    draw = int.from_bytes(hashlib.sha256(event_id.encode()).digest()[:8], "big") / 2**64
+    return draw < rate
+
+
+def held_actions(record: BaseModel, threshold: float | None) -> list[int]:
+    """Indexes of the record's ``actions`` whose confidence is below ``threshold`` (NaN too)."""
+    if threshold is None:
+        return []
+    actions = getattr(record, "actions", None) or []
+    return [i for i, a in enumerate(actions) if not getattr(a, "confidence", 0.0) >= threshold]

@@ -84,6 +84,7 @@ def render(item: Item, settings: Settings, claimed_by: str | None = None) -> dic
         "id": item.id,
         "flow": item.flow,
         "event_id": item.event_id,
+        "kind": item.kind,
         "confidence": item.confidence,
         "reason": item.reason,
         "age_s": round(age, 1),
@@ -179,6 +180,8 @@ def decision_metrics(state: ReviewState) -> dict[str, Any]:
         verdicts = Counter(d.verdict for d in decided)
         fields = Counter(c.field for d in decided for c in d.changes)
         n = len(decided)
+        audits = [i.decision for i in state.decided(flow) if i.decision and i.kind == "audit"]
+        right = sum(1 for d in audits if d.verdict == "approve")
         out[flow] = {
             "pending": len(pending),
             "oldest_pending_s": round(max((i.age_s() for i in pending), default=0.0), 1),
@@ -188,6 +191,10 @@ def decision_metrics(state: ReviewState) -> dict[str, Any]:
             if n
             else {},
             "field_edit_rate": {f: round(k / n, 4) for f, k in sorted(fields.items())},
+            # Audit samples approved as they were, over all decided samples: the auto lane's
+            # precision as reviewers judge it (None until a sample is decided).
+            "audit_decided": len(audits),
+            "auto_precision": round(right / len(audits), 4) if audits else None,
         }
     return out
 

@@ -53,6 +53,15 @@ class Item:
         return float(getattr(self.record, "confidence", 0.0))
 
     @property
+    def kind(self) -> str:
+        """``review`` (routed to a person), ``held`` (an auto result's doubtful actions wait for
+        a person) or ``audit`` (an auto result sampled to measure the auto lane)."""
+        route = getattr(self.record, "route", None)
+        if getattr(route, "lane", "review") != "auto":
+            return "review"
+        return "held" if self.reason.startswith("actions held") else "audit"
+
+    @property
     def reason(self) -> str:
         route = getattr(self.record, "route", None)
         return str(getattr(route, "reason", ""))

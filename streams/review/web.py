@@ -177,6 +177,7 @@ async def _view(request: web.Request, item: Item) -> dict[str, Any]:
     return {
         "id": item.id,
         "event_id": item.event_id,
+        "kind": item.kind,
         "reason": item.reason,
         "confidence": item.confidence,
         "age": _age(age),

@@ -87,3 +87,47 @@ def test_a_bad_policy_file_stops_the_worker_at_start(isolated: Isolated, tmp_pat
     )
     assert done.returncode != 0
     assert "TicketTriaged has no field 'priorty'" in done.stderr + done.stdout
+
+
+SPLIT_AND_AUDIT = """
+[flows.tickets]
+threshold = 0.8
+action_threshold = 0.7
+audit_rate = 1.0
+"""
+
+
+async def test_held_actions_and_audit_samples_are_copies_not_a_second_lane(
+    isolated: Isolated, fault_server: str, tmp_path: Path
+) -> None:
+    s = isolated.settings
+    policy = tmp_path / "policy.toml"
+    policy.write_text(SPLIT_AND_AUDIT)
+    env = fake_model_env(isolated.env, fault_server, SLUICE_POLICY_FILE=str(policy))
+    route = {"action": "route_to_team", "confidence": 0.9}
+    values = [
+        ticket(
+            1,
+            "pro",
+            confidence=0.95,
+            actions=[route, {"action": "send_acknowledgement", "confidence": 0.5}],
+        ),
+        ticket(2, "pro", confidence=0.95, actions=[route]),
+    ]
+    start = await end_offsets(s, list(s.topics.lanes()))
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        sent = await send_values(s.bootstrap_servers, s.topics.tickets_received, values)
+        tally = await collect(s, start, set(sent), timeout_s=90)
+        # the copies follow their records; give them a moment, then read again
+        tally = await collect(s, start, set(sent) | {("never", 0, 0)}, timeout_s=5)
+        assert worker.alive(), worker.log_tail()
+    finally:
+        stop(worker)
+    # Both events ended in auto, once; each also left a review copy, which is not a lane.
+    assert tally.counts() == {"auto": 2, "review": 0, "deadletter": 0}, worker.log_tail()
+    assert not tally.other_lane
+    assert sorted(tally.copies.values()) == [1, 1]
+    autos = {r.ticket_id: r for r in tally.lanes["auto"].values() if isinstance(r, TicketTriaged)}
+    assert [a.action for a in autos["T-1"].actions] == ["route_to_team"]  # ack held back
+    assert [a.action for a in autos["T-2"].actions] == ["route_to_team"]

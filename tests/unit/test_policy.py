@@ -6,6 +6,7 @@ import math
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -15,7 +16,7 @@ from agents.testing.fake_agent import FakeAgent
 from schemas.envelope import ResultRecord
 from schemas.errors import ConfigError
 from schemas.events import DocumentReceived, TicketReceived
-from schemas.records import InvoiceExtracted, TicketTriaged
+from schemas.records import InvoiceExtracted, ProposedAction, TicketTriaged
 from streams.flow import Envelope, Flow
 from streams.meta import Meta
 from streams.pipeline import Pipeline
@@ -24,6 +25,7 @@ from streams.policy import (
     Policy,
     Rule,
     apply_policy,
+    audit_sampled,
     check_policy,
     load_policy,
     routing_policy,
@@ -356,3 +358,97 @@ def test_the_example_file_is_valid_for_the_built_in_flows() -> None:
         },
     )
     assert {r.name for r in policy.of("invoices").rules} == {"large invoice", "credit note"}
+
+
+# --- audit sampling and per-action splits ---
+
+
+def test_audit_sampling_is_a_hash_of_the_event_id_at_the_configured_rate() -> None:
+    ids = [f"ev-{n}" for n in range(20_000)]
+    picked = [i for i in ids if audit_sampled(i, 0.1)]
+    assert 0.09 < len(picked) / len(ids) < 0.11
+    assert picked == [i for i in ids if audit_sampled(i, 0.1)]  # a redelivery agrees
+    assert not any(audit_sampled(i, 0.0) for i in ids[:500])
+    assert all(audit_sampled(i, 1.0) for i in ids[:500])
+
+
+class Acted(ResultRecord):
+    """The envelope plus proposed actions."""
+
+    actions: list[ProposedAction]
+
+
+def acted_flow(confidence: float, actions: list[ProposedAction]) -> Flow[TicketReceived, Any]:
+    def record(event: TicketReceived, result: AgentResult[Any], envelope: Envelope) -> Acted:
+        return Acted(**envelope, actions=result.answer)
+
+    agent: FakeAgent[TicketReceived, Any] = FakeAgent(lambda e: actions, confidence=confidence)
+    return Flow("tickets", TicketReceived, agent, record)
+
+
+ROUTE = ProposedAction(action="route_to_team", target="billing", confidence=0.9)
+ACK = ProposedAction(action="send_acknowledgement", target=None, confidence=0.5)
+
+
+@pytest.mark.parametrize(
+    ("policy", "confidence", "auto_actions", "copy_kind", "copy_actions"),
+    [
+        # no split, no audit: one record, every action
+        (FlowPolicy(), 0.95, ["route_to_team", "send_acknowledgement"], None, None),
+        # split: the confident action runs, the doubtful one waits in a review copy of the whole
+        (
+            FlowPolicy(action_threshold=0.7),
+            0.95,
+            ["route_to_team"],
+            "held",
+            ["route_to_team", "send_acknowledgement"],
+        ),
+        # audit: everything runs, and a copy is queued to check the auto lane
+        (
+            FlowPolicy(audit_rate=1.0),
+            0.95,
+            ["route_to_team", "send_acknowledgement"],
+            "audit",
+            ["route_to_team", "send_acknowledgement"],
+        ),
+        # a result in review is never split nor sampled: the whole thing waits already
+        (FlowPolicy(action_threshold=0.7, audit_rate=1.0), 0.5, None, None, None),
+    ],
+)
+async def test_splits_and_audits_add_a_review_copy_of_an_auto_result(
+    policy: FlowPolicy,
+    confidence: float,
+    auto_actions: list[str] | None,
+    copy_kind: str | None,
+    copy_actions: list[str] | None,
+) -> None:
+    pipeline = Pipeline(acted_flow(confidence, [ROUTE, ACK]), Settings(), policy=policy)
+    pipeline.codec = _Keep()  # type: ignore[assignment]
+    outcome = await pipeline.handle(meta("x"))
+    kept = pipeline.codec.kept  # type: ignore[attr-defined]
+    if auto_actions is None:
+        assert (outcome.lane, outcome.copies) == ("review", ())
+        return
+    assert outcome.lane == "auto"
+    assert [a.action for a in kept[0].actions] == auto_actions
+    if copy_kind is None:
+        assert outcome.copies == ()
+        return
+    [copy] = outcome.copies
+    assert copy.topic == pipeline.lane_topic("review")
+    assert dict(copy.headers)["sluice.copy"] == copy_kind.encode()
+    assert dict(copy.headers)["sluice.lane"] == b"auto"  # where the event ended
+    held = kept[1]
+    assert held.route.lane == "auto"
+    assert [a.action for a in held.actions] == copy_actions
+    assert ("actions held" in held.route.reason) is (copy_kind == "held")
+    assert "routed auto: confidence 0.950" in held.route.reason
+
+
+class _Keep:
+    def __init__(self) -> None:
+        self.kept: list[BaseModel] = []
+
+    def encode(self, record: BaseModel) -> bytes:
+        self.kept.append(record)
+        return record.model_dump_json().encode()
