@@ -86,3 +86,59 @@ async def test_an_approved_result_acts_and_a_rejected_one_does_not(
         (f"ok{run}", "send_acknowledgement", "applied", "reviewed", None),
     ]
     assert (sinks.webhook_requests(), sinks.mails()) == (1, 1)
+
+
+async def test_held_actions_run_once_a_person_approves_them(
+    isolated: Isolated, fault_server: str, sinks: Sinks, tmp_path: Path
+) -> None:
+    s = isolated.settings
+    run = s.topic_suffix
+    port = free_port()
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[flows.tickets]\naction_threshold = 0.7\n")
+    env = {
+        **fake_model_env({**isolated.env, **sinks.env}, fault_server),
+        "SLUICE_REVIEWERS_FILE": str(reviewers_file(tmp_path)),
+        "SLUICE_REVIEW_PORT": str(port),
+        "SLUICE_POLICY_FILE": str(policy),
+    }
+    acts = [
+        {"action": "route_to_team", "confidence": 0.9},
+        {"action": "send_acknowledgement", "confidence": 0.5},
+    ]
+    sure = answer_marker({**TRIAGE_ANSWER, "actions": acts, "confidence": 0.95})
+    ticket = {"event_id": f"held{run}", "ticket_id": "T-H", "body": f"Charged twice. {sure}"}
+    worker = start_worker(env, tmp_path / "worker.log")
+    executor = start_worker(env, tmp_path / "executor.log", command="executor")
+    service = serve(env, tmp_path / "review.log")
+    try:
+        await send_values(
+            s.bootstrap_servers, s.topics.tickets_received, [json.dumps(ticket).encode()]
+        )
+        # The confident routing runs from the auto lane at once; the acknowledgement waits.
+        first = await read_all(s, s.topics.effects, 1, timeout_s=60)
+        assert [codec.decode_as(v, ToolEffect).tool for v in first] == ["route_to_team"]
+        assert (sinks.webhook_requests(), sinks.mails()) == (1, 0)
+        async with aiohttp.ClientSession() as session:
+            api = Api(session, f"http://127.0.0.1:{port}")
+            await wait_for(api, service, 1)
+            [item] = await api.pending()
+            assert item["kind"] == "held"
+            assert "actions[1] send_acknowledgement 0.50" in item["reason"]
+            status, _ = await api.call("POST", f"/api/items/{item['id']}/approve")
+            assert status == 200
+        raw = await read_all(s, s.topics.effects, 3, timeout_s=60)
+        assert executor.alive(), executor.log_tail()
+    finally:
+        stop(service)
+        stop(executor)
+        stop(worker)
+    effects = sorted(
+        (e.tool, e.status, e.source) for e in (codec.decode_as(v, ToolEffect) for v in raw)
+    )
+    assert effects == [
+        ("route_to_team", "applied", "auto"),
+        ("route_to_team", "duplicate", "reviewed"),  # ran already: its key is done
+        ("send_acknowledgement", "applied", "reviewed"),
+    ]
+    assert (sinks.webhook_requests(), sinks.mails()) == (1, 1)
