@@ -122,6 +122,7 @@ async def show_item(request: web.Request) -> web.Response:
     if isinstance(source, Source):
         raw = await fetch(settings, source)
         out["source_event"] = _text(raw)
+        out["source_text"] = await asyncio.to_thread(readable, raw, settings)  # pypdf is slow
     return web.json_response(out)
 
 
@@ -209,6 +210,29 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")
     return body
+
+
+def readable(raw: bytes | None, settings: Settings) -> str | None:
+    """The source event as a reviewer reads it: a ticket's subject and body, a document's text
+    (PDFs through pypdf), otherwise the raw value. Never raises: a failure shows the raw value."""
+    text = _text(raw)
+    if raw is None or text is None:
+        return None
+    try:
+        value = json.loads(raw)
+        if isinstance(value, dict) and "document_id" in value:
+            from agents.documents import load
+            from schemas.events import DocumentReceived
+
+            doc = load(DocumentReceived.model_validate(value), settings.document_dir)
+            return f"Document {value['document_id']} ({doc.content_type}):\n\n{doc.text}"
+        if isinstance(value, dict) and "ticket_id" in value:
+            subject = str(value.get("subject") or "").strip()
+            body = str(value.get("body") or "").strip()
+            return f"Subject: {subject}\n\n{body}" if subject else body
+    except Exception:  # a reviewer still sees the bytes
+        return text
+    return text
 
 
 def _text(raw: bytes | None) -> str | None:

@@ -9,6 +9,7 @@ the login form has its own double-submit token. Pages without a session redirect
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -230,7 +231,7 @@ def _fields(item: Item, threshold: float) -> list[dict[str, Any]]:
 async def item_page(
     request: web.Request, error: str | None = None, status: int = 200
 ) -> web.Response:
-    from streams.review.api import DESK, SETTINGS, fetch
+    from streams.review.api import DESK, SETTINGS, fetch, readable
 
     desk, settings = request.app[DESK], request.app[SETTINGS]
     try:
@@ -246,7 +247,7 @@ async def item_page(
         item=await _view(request, item),
         decision=item.decision,
         fields=_fields(item, settings.auto_threshold),
-        source_event=None if raw is None else raw.decode("utf-8", errors="replace"),
+        source_event=await asyncio.to_thread(readable, raw, settings),  # pypdf is slow
         flash=await _flash(request),
         error=error,
     )

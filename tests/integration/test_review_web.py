@@ -147,7 +147,7 @@ async def test_pages_need_a_session_and_forms_need_their_csrf_token(review: str)
             assert r.status == 401
 
 
-async def test_a_reviewer_edits_and_approves_in_a_real_browser(
+async def test_a_reviewer_clears_the_queue_in_a_real_browser(
     review: str, isolated: Isolated
 ) -> None:
     from playwright.async_api import async_playwright
@@ -182,7 +182,16 @@ async def test_a_reviewer_edits_and_approves_in_a_real_browser(
             await page.click("#edit button[type=submit]")
             await page.wait_for_url(review + "/")
             assert f"Edited and approved {item}." in await page.inner_text("[role=status]")
-            assert await page.locator("a[href^='/items/tickets-']").count() == 1
+            rest = page.locator("a[href^='/items/tickets-']")
+            assert await rest.count() == 1
+
+            # The last one is wrong: reject it with a reason. The queue is then clear.
+            await rest.first.click()
+            await page.wait_for_selector("#source")
+            await page.fill("form[action$='/reject'] input[name=reason]", "duplicate of T-0")
+            await page.click("form[action$='/reject'] button[type=submit]")
+            await page.wait_for_url(review + "/")
+            assert "Nothing pending." in await page.inner_text("main")
             await page.screenshot(path=str(ARTIFACTS / "review-done.png"), full_page=True)
         finally:
             await browser.close()
@@ -190,12 +199,15 @@ async def test_a_reviewer_edits_and_approves_in_a_real_browser(
 
     s = isolated.settings
     records = kcat.consume(s.bootstrap_servers, s.topics.of("tickets", "reviewed"))
-    assert len(records) == 1
-    decision = codec.decode_as(records[0].value or b"", ReviewDecision)
+    assert len(records) == 2
+    decisions = [codec.decode_as(r.value or b"", ReviewDecision) for r in records]
+    decision = next(d for d in decisions if d.verdict != "reject")
+    rejected = next(d for d in decisions if d.verdict == "reject")
+    assert (rejected.comment, rejected.record) == ("duplicate of T-0", None)
     assert (decision.reviewer, decision.verdict) == ("alice", "correct")
     assert decision.comment == "billing issue, not shipping"
     assert [(c.field, json.loads(c.before), json.loads(c.after)) for c in decision.changes] == [
         ("team", "logistics", "billing")
     ]
     assert codec.decode_as(decision.record or b"", TicketTriaged).team == "billing"
-    print(f"\nmeasured: browser test {browser_s:.1f} s (login, queue, edit, approve)")
+    print(f"\nmeasured: browser test {browser_s:.1f} s (login, queue, edit+approve, reject)")

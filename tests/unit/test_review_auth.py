@@ -89,3 +89,27 @@ def test_the_form_sends_only_what_changed_text_as_text_and_the_rest_as_json() ->
         "actions": [{"action": "escalate", "target": None, "confidence": 1.0}],
         "requires_human": True,
     }
+
+
+def test_the_source_event_is_shown_as_a_person_reads_it() -> None:
+    import base64
+    import json
+
+    from evals.documents import load_invoices, render_pdf
+    from streams.review.api import readable
+    from streams.settings import Settings
+
+    s = Settings()
+    ticket = {"ticket_id": "T-1", "subject": "Refund", "body": "Charged twice."}
+    assert readable(json.dumps(ticket).encode(), s) == "Subject: Refund\n\nCharged twice."
+    inv = load_invoices()[0]
+    pdf = {"document_id": "D-1", "content_base64": base64.b64encode(render_pdf(inv)).decode()}
+    shown = readable(json.dumps(pdf).encode(), s)
+    assert shown is not None
+    assert shown.startswith("Document D-1 (application/pdf):")
+    assert inv["vendor_name"] in shown  # the PDF's text, not base64
+    assert (
+        readable(b"\xff\xfe not UTF-8", s)
+        == "base64:" + base64.b64encode(b"\xff\xfe not UTF-8").decode()
+    )
+    assert readable(None, s) is None
