@@ -99,6 +99,7 @@ async def test_pages_need_a_session_and_forms_need_their_csrf_token(review: str)
         # The login form has its own CSRF token; without it, or with a wrong password, no session.
         async with http.get(review + "/login") as r:
             html = await r.text()
+            assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
         login_csrf = html.split('name="csrf" value="')[1].split('"')[0]
         async with http.post(
             review + "/login", data={"name": "alice", "password": PASSWORD}, allow_redirects=False
