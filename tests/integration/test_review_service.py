@@ -121,6 +121,9 @@ async def test_review_service_end_to_end(
         "SLUICE_REVIEW_PORT": str(port),
         "SLUICE_REVIEW_URL": f"http://127.0.0.1:{port}",
     }
+    # Poison on the review lane itself (not ours, truncated, empty): skipped, logged, not fatal.
+    review_topic = s.topics.of("tickets", "review")
+    await send_values(s.bootstrap_servers, review_topic, [b"not avro", b"\xc3\x01\x00", b""])
     worker = start_worker(env, tmp_path / "worker.log")
     service = serve(env, tmp_path / "review-1.log")
     try:
@@ -132,6 +135,7 @@ async def test_review_service_end_to_end(
             await wait_for(api, service, 5)
             items = await api.pending()
             assert {i["event_id"] for i in items} == {f"rv-{n}" for n in range(5)}
+            assert service.log.read_text().count("review.unreadable") == 3
             assert all("< threshold 0.800" in i["reason"] for i in items), items
             assert all("actions[0]" in i["low_confidence"] for i in items)
             a, b, c, d, e = (i["id"] for i in sorted(items, key=lambda i: i["event_id"]))
