@@ -68,9 +68,10 @@ test-unit: setup ## unit tests only (no network)
 chaos: setup up ## >= 2,000 events through worker and executor under kill -9, Redis and broker restarts; counts effects at the sinks (~5 min)
 	$(BIN)/python -m benchmarks.chaos
 
-bench: setup up ## codec (Avro vs JSON), then throughput/latency: raw aiokafka loop vs Sluice (~8 min)
+bench: setup up ## codec (Avro vs JSON), throughput/latency: raw aiokafka loop vs Sluice, review-state rebuild (~9 min)
 	$(BIN)/python -m benchmarks.codec
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.review_rebuild
 
 eval: setup ## agent quality on the labeled samples (evals/): valid rate, field accuracy, latency, tokens
 	$(BIN)/python -m benchmarks.agents_eval
