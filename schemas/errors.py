@@ -28,6 +28,7 @@ breaker and the dead-letter code read a flag instead of walking ``isinstance`` l
     │       ├── Refusal          the model declined to answer
     │       ├── Truncated        the answer hit max_tokens
     │       └── ContentFiltered  the provider's content filter blocked the answer
+    ├── BreakerOpen              the flow's circuit breaker is open: the model was not called
     ├── ToolError                a side effect did not run, or may not have
     │   ├── EffectFailed         the target system said no: nothing happened (a tool raises it)
     │   ├── IdempotencyConflict  the effect's key was claimed before with different input
@@ -52,6 +53,9 @@ class SluiceError(Exception):
     retriable: ClassVar[bool] = False
     #: Short machine-readable reason carried in dead-letter records and logs.
     reason: ClassVar[str] = "error"
+    #: Whether this failure counts against the circuit breaker (the endpoint is unwell), as
+    #: opposed to the event's or the model's fault.
+    breaker_counts: ClassVar[bool] = False
 
 
 class ConfigError(SluiceError):
@@ -137,6 +141,7 @@ class ProviderError(AgentError):
 
     retriable = True
     reason = "provider_unavailable"
+    breaker_counts = True
 
 
 class RequestRejected(AgentError):
@@ -146,6 +151,7 @@ class RequestRejected(AgentError):
     """
 
     reason = "config_error"
+    breaker_counts = True
 
 
 class ContextExceeded(AgentError):
@@ -247,3 +253,11 @@ class InvalidEdit(ReviewError):
     """An edit names an unknown or locked field, or its result fails the record's schema."""
 
     reason = "invalid_edit"
+
+
+class BreakerOpen(SluiceError):
+    """The flow's circuit breaker is open (tripped by failures, or forced by an operator): the
+    event is dead-lettered without calling the model, to be redriven once it closes."""
+
+    retriable = True
+    reason = "breaker_open"

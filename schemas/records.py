@@ -43,6 +43,7 @@ DeadLetterReason = Literal[
     "context_exceeded",
     "outcome_unwritable",
     "internal_error",
+    "breaker_open",
 ]
 #: How one LLM call ended, as the client layer classified it.
 AttemptOutcome = Literal[

@@ -21,6 +21,7 @@ import faust
 import structlog
 
 from schemas.codec import Codec
+from streams.compose import breaker_for
 from streams.emit import Emitter, Strikes, die
 from streams.engine import Engine
 from streams.flow import Flow
@@ -122,7 +123,10 @@ def create_app(
     """
     codec = codec or Codec()
     policy = routing_policy(settings, flows)
-    pipelines = [Pipeline(flow, settings, codec, policy.of(flow.name)) for flow in flows]
+    breakers = {flow.name: breaker_for(settings, flow.name) for flow in flows}
+    pipelines = [
+        Pipeline(flow, settings, codec, policy.of(flow.name), breakers[flow.name]) for flow in flows
+    ]
     app = faust_app(settings, settings.app_id)
     engine = new_engine(settings)
     send = sender(app)

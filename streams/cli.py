@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,6 +157,39 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
+    """``sluice breaker open|close|disable|status``: the operator's switches, per flow."""
+    import getpass
+
+    from streams.compose import breaker_for
+    from streams.flow import select
+
+    logconfig.configure("warning", settings.log_format)
+    flows = [spec.name for spec in select(args.flow)]
+    if args.action != "status" and not args.flow:
+        raise ConfigError("name the flow: --flow NAME (repeatable)")
+    if args.action in ("open", "disable") and not (args.reason or "").strip():
+        raise ConfigError('say why: --reason "..." (it is recorded with who and when)')
+
+    async def run() -> None:
+        for flow in flows:
+            breaker = breaker_for(settings, flow)
+            try:
+                if args.action != "status":
+                    state = {"open": "forced_open", "close": "closed", "disable": "disabled"}
+                    await breaker.force(
+                        state[args.action],  # type: ignore[arg-type]
+                        by=args.by or getpass.getuser(),
+                        reason=args.reason or "",
+                    )
+                print(json.dumps({"flow": flow, **await breaker.status()}))
+            finally:
+                await breaker.redis.aclose()
+
+    asyncio.run(run())
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -190,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     s = sub.add_parser("schemas", help="schema contracts")
     s.add_argument("action", choices=["check"], help="check drift and backward compatibility")
+    b = sub.add_parser("breaker", help="circuit breakers: open (kill switch), close, status")
+    b.add_argument("action", choices=["open", "close", "disable", "status"])
+    b.add_argument("--flow", action="append", help="the flow (repeatable; status: default all)")
+    b.add_argument("--reason", help="why (required for open and disable)")
+    b.add_argument("--by", help="who (default: this user)")
     d = sub.add_parser("demo", help="run sample tickets through a worker and count the lanes")
     d.add_argument("--timeout", type=float, default=600.0)
     d.add_argument("--state-dir", default=".local")
@@ -200,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     commands = {
         "review": cmd_review,
+        "breaker": cmd_breaker,
         "worker": cmd_worker,
         "executor": cmd_executor,
         "topics": cmd_topics,

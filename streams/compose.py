@@ -21,6 +21,7 @@ from agents.triage import AGENT_NAME as TRIAGE_AGENT
 from agents.usage import parse_prices
 from schemas.codec import Codec
 from schemas.registry import RegistryClient
+from streams.breaker import Breaker, BreakerConfig
 from streams.flow import Flow, FlowSpec, Runtime
 from streams.settings import Settings
 
@@ -109,3 +110,19 @@ def effect_store(settings: Settings) -> IdempotencyStore:
         ttl_s=settings.effect_ttl_s,
         lease_s=settings.effect_lease_s,
     )
+
+
+def breaker_for(settings: Settings, flow: str) -> Breaker:
+    """The circuit breaker of ``flow``, shared by every worker of this deployment (``app_id``)."""
+    s = settings
+    config = BreakerConfig(
+        window_size=s.breaker_window,
+        minimum_calls=s.breaker_min_calls,
+        failure_rate=s.breaker_failure_rate,
+        slow_call_rate=s.breaker_slow_call_rate,
+        slow_call_s=s.breaker_slow_call_s,
+        wait_open_s=s.breaker_wait_s,
+        half_open_calls=s.breaker_half_open_calls,
+    )
+    redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    return Breaker(redis, flow, config, prefix=f"sluice:{s.app_id}")

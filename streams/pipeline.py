@@ -7,6 +7,7 @@ each message only once it is accounted for, and keep running after poison input.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -15,10 +16,12 @@ import structlog
 from pydantic import BaseModel
 
 from schemas.codec import Codec
+from schemas.errors import BreakerOpen, SluiceError
 from schemas.events import parse_event, peek_event_id
 from schemas.jsonlimits import Limits
 from schemas.records import AgentInfo, Route, Source, Usage
 from streams import deadletter
+from streams.breaker import Breaker
 from streams.flow import Envelope, Flow
 from streams.meta import Meta
 from streams.outcome import Outcome
@@ -39,6 +42,7 @@ class Pipeline:
         settings: Settings,
         codec: Codec | None = None,
         policy: FlowPolicy | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         self.flow = flow.name
         self.spec = flow
@@ -46,6 +50,8 @@ class Pipeline:
         self.codec = codec or Codec()
         self.policy = policy or FlowPolicy(threshold=settings.auto_threshold)
         self.threshold = self.policy.threshold
+        self.breaker = breaker
+        self.trip = settings.breaker == "on"
         self.topics = settings.topics
         self.max_message_bytes = settings.max_message_bytes
         self.limits = Limits(max_bytes=settings.max_message_bytes)
@@ -57,7 +63,7 @@ class Pipeline:
     async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
         """The result record of one event and its routing decision; raises on any failure."""
         event = parse_event(meta.value, self.spec.event, self.limits)
-        result = await self.agent.run(event)
+        result = await self.run_agent(event)
         proposed = self.spec.router(result, self.threshold)
         envelope = Envelope(
             event_id=event_id,
@@ -83,6 +89,28 @@ class Pipeline:
             route = Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold)
             record = record.model_copy(update={"route": route})
         return record, decision
+
+    async def run_agent(self, event: BaseModel) -> Any:
+        """The agent's answer, through the flow's circuit breaker when there is one: while it is
+        open the model is not called (:class:`BreakerOpen`), and each call's outcome is counted.
+        Poison input never gets here, so it never counts."""
+        if self.breaker is None:
+            return await self.agent.run(event)
+        permitted, state = await self.breaker.acquire()
+        if not permitted:
+            raise BreakerOpen(f"the circuit breaker of flow {self.flow} is {state}")
+        began = time.monotonic()
+        try:
+            result = await self.agent.run(event)
+        except SluiceError as exc:
+            if self.trip:
+                await self.breaker.record(
+                    failed=exc.breaker_counts, seconds=time.monotonic() - began
+                )
+            raise
+        if self.trip:
+            await self.breaker.record(failed=False, seconds=time.monotonic() - began)
+        return result
 
     def review_copy(
         self, record: BaseModel, decision: Decision, event_id: str

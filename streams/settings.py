@@ -197,6 +197,23 @@ class Settings(BaseSettings):
     """A TOML routing policy: per-flow thresholds, per-field thresholds and hard rules that send
     results to review (see :mod:`streams.policy`). Validated when the worker starts."""
 
+    # --- Circuit breaker (one per flow, shared by its workers through Redis) ---
+    breaker: Literal["on", "manual"] = "on"
+    """``on``: failures trip the breaker; ``manual``: only ``sluice breaker open|close`` does."""
+    breaker_window: int = Field(50, ge=1)
+    """Agent calls in the sliding window."""
+    breaker_min_calls: int = Field(20, ge=1)
+    """Calls the window must hold before its failure rate is judged."""
+    breaker_failure_rate: float = Field(0.5, gt=0.0, le=1.0)
+    """Share of failed calls (provider down, timeouts, 5xx, 429, rejected) that opens it."""
+    breaker_slow_call_s: float = Field(60.0, gt=0.0)
+    breaker_slow_call_rate: float = Field(1.0, gt=0.0, le=1.0)
+    """Share of calls slower than ``breaker_slow_call_s`` that opens it."""
+    breaker_wait_s: float = Field(30.0, gt=0.0)
+    """Time open before trial calls are let through."""
+    breaker_half_open_calls: int = Field(5, ge=1)
+    """Trial calls in half-open; their failure rate closes or re-opens it."""
+
     # --- Review ---
     reviewers_file: Path | None = None
     """TOML naming each reviewer with the SHA-256 of their token (``sluice review token NAME``);
