@@ -86,6 +86,21 @@ class PostInvoice(BaseModel):
     total: Decimal
 
 
+def _row(key: str, data: PostInvoice, posted_at: datetime) -> tuple[Any, ...]:
+    """One ledger row's values, in ``COLUMNS`` order."""
+    return (
+        key,
+        data.event_id,
+        data.document_id,
+        data.vendor_name,
+        data.invoice_number,
+        data.issue_date,
+        data.currency,
+        data.total,
+        posted_at,
+    )
+
+
 class LedgerBackend(Protocol):
     """Where ledger rows live. ``insert`` returns False when the key's row exists already."""
 
@@ -114,17 +129,10 @@ class SqliteLedger:
         return await asyncio.to_thread(self._insert, key, data, posted_at)
 
     def _insert(self, key: str, data: PostInvoice, posted_at: datetime) -> bool:
-        row = (
-            key,
-            data.event_id,
-            data.document_id,
-            data.vendor_name,
-            data.invoice_number,
-            data.issue_date.isoformat(),
-            data.currency,
-            str(data.total),
-            posted_at.isoformat(),
-        )
+        row = tuple(
+            v.isoformat() if isinstance(v, date) else str(v) if isinstance(v, Decimal) else v
+            for v in _row(key, data, posted_at)
+        )  # SQLite stores dates and amounts as text
         with contextlib.closing(self._connect()) as db:
             try:
                 db.execute(f"INSERT INTO ledger VALUES ({', '.join('?' * len(COLUMNS))})", row)
@@ -193,17 +201,7 @@ class PostgresLedger:
     async def insert(self, key: str, data: PostInvoice, posted_at: datetime) -> bool:
         import psycopg
 
-        row = (
-            key,
-            data.event_id,
-            data.document_id,
-            data.vendor_name,
-            data.invoice_number,
-            data.issue_date,
-            data.currency,
-            data.total,
-            posted_at,
-        )
+        row = _row(key, data, posted_at)
         sql = (
             f"INSERT INTO ledger ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})"
             " ON CONFLICT (idempotency_key) DO NOTHING"

@@ -66,6 +66,7 @@ from schemas.errors import (
     Refusal,
     RequestRejected,
     Truncated,
+    validation_problems,
 )
 from schemas.records import AttemptOutcome, Usage
 
@@ -223,12 +224,6 @@ def _redacted(url: str | None) -> str | None:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:10]
-    )
 
 
 def _tokens(choice: Any) -> list[TokenProb]:
@@ -650,7 +645,11 @@ class LLMClient:
         try:
             value = model.model_validate(data)
         except ValidationError as exc:
-            return "schema_invalid", [f"the JSON does not match the schema: {_problems(exc)}"], None
+            return (
+                "schema_invalid",
+                [f"the JSON does not match the schema: {validation_problems(exc)}"],
+                None,
+            )
         problems = validate(value) if validate else []
         return ("business_invalid" if problems else "ok"), problems, value
 

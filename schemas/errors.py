@@ -41,10 +41,19 @@ breaker and the dead-letter code read a flag instead of walking ``isinstance`` l
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from schemas.records import Usage
+
+
+def validation_problems(exc: Any, limit: int = 10) -> str:
+    """A pydantic ``ValidationError`` as one line: ``where: what`` per problem, never the input
+    value (it may carry customer text or a secret)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
+        for e in exc.errors()[:limit]
+    )
 
 
 class SluiceError(Exception):

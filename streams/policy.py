@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, validation_problems
 from streams.router import Decision
 
 if TYPE_CHECKING:
@@ -149,9 +149,7 @@ def load_policy(path: Path, *, threshold: float = 0.8) -> Policy:
     try:
         return Policy.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = validation_problems(exc)
         raise ConfigError(f"policy file {path}: {problems}") from exc
 
 

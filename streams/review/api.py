@@ -18,11 +18,8 @@ decided already, 422 an edit the record's schema refuses.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import json
 import signal
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -30,22 +27,27 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from schemas.errors import ItemNotFound, ReviewConflict, ReviewError
-from schemas.records import Source
 from streams.review.auth import Reviewers, load_reviewers
-from streams.review.desk import ReviewDesk, editable
-from streams.review.state import Item, ReviewState, TopicFeed
-from streams.review.web import SessionStore, add_routes, guard
+from streams.review.context import (
+    DESK,
+    REVIEWERS,
+    SESSIONS,
+    SETTINGS,
+    decision_metrics,
+    render,
+    source_of,
+)
+from streams.review.desk import ReviewDesk
+from streams.review.sessions import SessionStore
+from streams.review.state import ReviewState, TopicFeed
+from streams.review.web import add_routes, guard
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-DESK: web.AppKey[ReviewDesk] = web.AppKey("desk", ReviewDesk)
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
-REVIEWERS: web.AppKey[Reviewers] = web.AppKey("reviewers", Reviewers)
-SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
 STATUS = {ItemNotFound: 404, ReviewConflict: 409}
 
 
@@ -77,29 +79,6 @@ def _error(status: int, reason: str, message: str) -> web.Response:
     return web.json_response({"error": reason, "message": message}, status=status)
 
 
-def render(item: Item, settings: Settings, claimed_by: str | None = None) -> dict[str, Any]:
-    """An item as the API shows it."""
-    age = item.age_s()
-    out: dict[str, Any] = {
-        "id": item.id,
-        "flow": item.flow,
-        "event_id": item.event_id,
-        "kind": item.kind,
-        "confidence": item.confidence,
-        "reason": item.reason,
-        "age_s": round(age, 1),
-        "sla_breached": item.decision is None and age > settings.review_sla_s,
-        "claimed_by": claimed_by,
-        "low_confidence": item.low_confidence(settings.auto_threshold),
-        "editable": editable(item.record),
-        "record": item.record.model_dump(mode="json"),
-        "decision": None,
-    }
-    if item.decision is not None:
-        out["decision"] = item.decision.model_dump(mode="json", exclude={"record"})
-    return out
-
-
 async def list_items(request: web.Request) -> web.Response:
     desk, settings = request.app[DESK], request.app[SETTINGS]
     flow = request.query.get("flow")
@@ -110,19 +89,15 @@ async def list_items(request: web.Request) -> web.Response:
         items = desk.state.decided(flow)
     else:
         items = desk.state.pending(flow) + desk.state.decided(flow)
-    claims = [await desk.claimed_by(i.id) for i in items]
-    return web.json_response([render(i, settings, c) for i, c in zip(items, claims, strict=True)])
+    claims = await desk.claims([i.id for i in items])
+    return web.json_response([render(i, settings, claims[i.id]) for i in items])
 
 
 async def show_item(request: web.Request) -> web.Response:
     desk, settings = request.app[DESK], request.app[SETTINGS]
     item = desk.item(request.match_info["id"])
     out = render(item, settings, await desk.claimed_by(item.id))
-    source = getattr(item.record, "source", None)
-    if isinstance(source, Source):
-        raw = await fetch(settings, source)
-        out["source_event"] = _text(raw)
-        out["source_text"] = await asyncio.to_thread(readable, raw, settings)  # pypdf is slow
+    out["source_event"], out["source_text"] = await source_of(item, settings)
     return web.json_response(out)
 
 
@@ -171,35 +146,6 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
-def decision_metrics(state: ReviewState) -> dict[str, Any]:
-    """Per flow: pending count and oldest age, decisions by verdict with their rates, and how
-    often each field was edited."""
-    out: dict[str, Any] = {}
-    for flow in sorted({i.flow for i in state.items.values()}):
-        pending = state.pending(flow)
-        decided = [i.decision for i in state.decided(flow) if i.decision]
-        verdicts = Counter(d.verdict for d in decided)
-        fields = Counter(c.field for d in decided for c in d.changes)
-        n = len(decided)
-        audits = [i.decision for i in state.decided(flow) if i.decision and i.kind == "audit"]
-        right = sum(1 for d in audits if d.verdict == "approve")
-        out[flow] = {
-            "pending": len(pending),
-            "oldest_pending_s": round(max((i.age_s() for i in pending), default=0.0), 1),
-            "decided": n,
-            "verdicts": dict(verdicts),
-            "rates": {v: round(verdicts[v] / n, 4) for v in ("approve", "correct", "reject")}
-            if n
-            else {},
-            "field_edit_rate": {f: round(k / n, 4) for f, k in sorted(fields.items())},
-            # Audit samples approved as they were, over all decided samples: the auto lane's
-            # precision as reviewers judge it (None until a sample is decided).
-            "audit_decided": len(audits),
-            "auto_precision": round(right / len(audits), 4) if audits else None,
-        }
-    return out
-
-
 async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
@@ -210,58 +156,6 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text="body must be a JSON object")
     return body
-
-
-def readable(raw: bytes | None, settings: Settings) -> str | None:
-    """The source event as a reviewer reads it: a ticket's subject and body, a document's text
-    (PDFs through pypdf), otherwise the raw value. Never raises: a failure shows the raw value."""
-    text = _text(raw)
-    if raw is None or text is None:
-        return None
-    try:
-        value = json.loads(raw)
-        if isinstance(value, dict) and "document_id" in value:
-            from agents.documents import load
-            from schemas.events import DocumentReceived
-
-            doc = load(DocumentReceived.model_validate(value), settings.document_dir)
-            return f"Document {value['document_id']} ({doc.content_type}):\n\n{doc.text}"
-        if isinstance(value, dict) and "ticket_id" in value:
-            subject = str(value.get("subject") or "").strip()
-            body = str(value.get("body") or "").strip()
-            return f"Subject: {subject}\n\n{body}" if subject else body
-    except Exception:  # a reviewer still sees the bytes
-        return text
-    return text
-
-
-def _text(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "base64:" + base64.b64encode(raw[:4096]).decode()
-
-
-async def fetch(settings: Settings, where: Source) -> bytes | None:
-    """The value of the one record at ``where`` (the input event a result came from)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tp = TopicPartition(where.topic, where.partition)
-        consumer.assign([tp])
-        consumer.seek(tp, where.offset)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                message = await consumer.getone(tp)
-                if message.offset == where.offset:
-                    return message.value  # type: ignore[no-any-return]
-        return None
-    finally:
-        await consumer.stop()
 
 
 def create_review_app(

@@ -26,7 +26,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, validation_problems
 
 _HASHER = PasswordHasher()
 _DUMMY = _HASHER.hash("not a password of anyone's")  # verified against for unknown names
@@ -103,7 +103,5 @@ def load_reviewers(path: Path | None) -> Reviewers:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"reviewers file {path}: not valid TOML: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = validation_problems(exc)
         raise ConfigError(f"reviewers file {path}: {problems}") from exc

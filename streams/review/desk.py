@@ -22,7 +22,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from schemas.codec import Codec
-from schemas.errors import InvalidEdit, ItemNotFound, ReviewConflict
+from schemas.errors import InvalidEdit, ItemNotFound, ReviewConflict, validation_problems
 from schemas.records import FieldChange, ReviewDecision, ReviewVerdict
 from streams.flow import Envelope
 from streams.review.state import Item, ReviewState
@@ -87,6 +87,15 @@ class ReviewDesk:
         held = await self.redis.get(self._claim_key(key))
         return held.decode() if isinstance(held, bytes) else held
 
+    async def claims(self, keys: list[str]) -> dict[str, str | None]:
+        """Who holds each item's claim, in one round trip."""
+        if not keys:
+            return {}
+        held = await self.redis.mget([self._claim_key(k) for k in keys])
+        return {
+            k: h.decode() if isinstance(h, bytes) else h for k, h in zip(keys, held, strict=True)
+        }
+
     async def claim(self, key: str, reviewer: str) -> float:
         """Claim the item for ``reviewer`` (again: renews it); returns seconds the claim lasts."""
         item = self.item(key)
@@ -127,10 +136,7 @@ class ReviewDesk:
         try:
             edited = type(item.record).model_validate({**item.record.model_dump(), **changes})
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-            )
-            raise InvalidEdit(problems) from exc
+            raise InvalidEdit(validation_problems(exc)) from exc
         after = edited.model_dump(mode="json")
         diff = [
             FieldChange(field=f, before=json.dumps(before[f]), after=json.dumps(after[f]))

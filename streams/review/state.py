@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +43,8 @@ class Item:
     """The review-lane record's coordinates."""
     record: BaseModel
     decision: ReviewDecision | None = None
+    source: tuple[str | None, str | None] | None = field(default=None, repr=False)
+    """The input event (raw text, readable text) once read: see ``context.source_of``."""
 
     @property
     def event_id(self) -> str:

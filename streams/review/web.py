@@ -9,23 +9,30 @@ the login form has its own double-submit token. Pages without a session redirect
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import jinja2
-import redis.asyncio as aioredis
 from aiohttp import web
 from pydantic import BaseModel
 
 from schemas.errors import ReviewError
-from schemas.records import Source
+from streams.review.context import (
+    DESK,
+    REVIEWERS,
+    SESSIONS,
+    SETTINGS,
+    decision_metrics,
+    render,
+    source_of,
+)
 from streams.review.desk import editable
+from streams.review.sessions import SESSION_S, Session, SessionStore
 from streams.review.state import Item
+from streams.settings import Settings
 
 #: No framing (clickjacking), no scripts or other origins (the pages need none), no referrer
 #: leaking item ids elsewhere.
@@ -39,61 +46,11 @@ HEADERS = {
 }
 COOKIE = "sluice_session"
 LOGIN_COOKIE = "sluice_login_csrf"
-SESSION_S = 8 * 3600
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("streams.review", "templates"),
     autoescape=jinja2.select_autoescape(default=True),
 )
-
-
-@dataclass(frozen=True)
-class Session:
-    sid: str
-    reviewer: str
-    csrf: str
-
-
-class SessionStore:
-    """Sessions in Redis: ``<prefix>:session:<sid>`` → reviewer, csrf, flash."""
-
-    def __init__(self, redis: aioredis.Redis, prefix: str, ttl_s: int = SESSION_S) -> None:
-        self.redis, self.prefix, self.ttl_s = redis, prefix, ttl_s
-
-    def _key(self, sid: str) -> str:
-        return f"{self.prefix}:session:{sid}"
-
-    async def create(self, reviewer: str) -> Session:
-        session = Session(secrets.token_urlsafe(32), reviewer, secrets.token_urlsafe(32))
-        key = self._key(session.sid)
-        await self.redis.hset(key, mapping={"reviewer": reviewer, "csrf": session.csrf})
-        await self.redis.expire(key, self.ttl_s)
-        return session
-
-    async def get(self, sid: str | None) -> Session | None:
-        if not sid or len(sid) > 100:
-            return None
-        found = await self.redis.hgetall(self._key(sid))
-        if not found:
-            return None
-        values = {_text(k): _text(v) for k, v in found.items()}
-        return Session(sid, values["reviewer"], values["csrf"])
-
-    async def flash(self, sid: str, message: str) -> None:
-        await self.redis.hset(self._key(sid), "flash", message[:500])
-
-    async def take_flash(self, sid: str) -> str | None:
-        key = self._key(sid)
-        message = await self.redis.hget(key, "flash")
-        await self.redis.hdel(key, "flash")
-        return None if message is None else _text(message)
-
-    async def delete(self, sid: str) -> None:
-        await self.redis.delete(self._key(sid))
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -142,8 +99,6 @@ async def login_form(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    from streams.review.api import REVIEWERS, SESSIONS
-
     form = await request.post()
     cookie = request.cookies.get(LOGIN_COOKIE, "")
     if not cookie or not hmac.compare_digest(str(form.get("csrf", "")), cookie):
@@ -164,8 +119,6 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    from streams.review.api import SESSIONS
-
     await request.app[SESSIONS].delete(request["session"].sid)
     response = web.HTTPSeeOther("/login")
     response.del_cookie(COOKIE)
@@ -180,35 +133,25 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-async def _view(request: web.Request, item: Item) -> dict[str, Any]:
-    from streams.review.api import DESK, SETTINGS
-
-    settings = request.app[SETTINGS]
-    age = item.age_s()
-    return {
-        "id": item.id,
-        "event_id": item.event_id,
-        "kind": item.kind,
-        "reason": item.reason,
-        "confidence": item.confidence,
-        "age": _age(age),
-        "sla_breached": item.decision is None and age > settings.review_sla_s,
-        "claimed_by": await request.app[DESK].claimed_by(item.id),
-    }
+def _view(item: Item, settings: Settings, claimed_by: str | None) -> dict[str, Any]:
+    """The API's view of an item, with its age for people."""
+    view = render(item, settings, claimed_by)
+    view["age"] = _age(view["age_s"])
+    return view
 
 
 async def queue(request: web.Request) -> web.Response:
-    from streams.review.api import DESK
-
-    desk = request.app[DESK]
+    desk, settings = request.app[DESK], request.app[SETTINGS]
+    pending = desk.state.pending()
+    claims = await desk.claims([i.id for i in pending])
     flows = sorted({i.flow for i in desk.state.items.values()})
-    queues = [(f, [await _view(request, i) for i in desk.state.pending(f)]) for f in flows]
+    queues = [
+        (f, [_view(i, settings, claims[i.id]) for i in pending if i.flow == f]) for f in flows
+    ]
     return page("queue.html", request, queues=queues, flash=await _flash(request))
 
 
 async def _flash(request: web.Request) -> str | None:
-    from streams.review.api import SESSIONS
-
     return await request.app[SESSIONS].take_flash(request["session"].sid)
 
 
@@ -241,23 +184,20 @@ def _fields(item: Item, threshold: float) -> list[dict[str, Any]]:
 async def item_page(
     request: web.Request, error: str | None = None, status: int = 200
 ) -> web.Response:
-    from streams.review.api import DESK, SETTINGS, fetch, readable
-
     desk, settings = request.app[DESK], request.app[SETTINGS]
     try:
         item = desk.item(request.match_info["id"])
     except ReviewError as exc:
         raise web.HTTPNotFound(text=str(exc)) from exc
-    source = getattr(item.record, "source", None)
-    raw = await fetch(settings, source) if isinstance(source, Source) else None
+    _, shown = await source_of(item, settings)
     return page(
         "item.html",
         request,
         status,
-        item=await _view(request, item),
+        item=_view(item, settings, await desk.claimed_by(item.id)),
         decision=item.decision,
         fields=_fields(item, settings.auto_threshold),
-        source_event=await asyncio.to_thread(readable, raw, settings),  # pypdf is slow
+        source_event=shown,
         flash=await _flash(request),
         error=error,
     )
@@ -289,8 +229,6 @@ def _parse(record: BaseModel, form: Any) -> dict[str, Any]:
 async def act(request: web.Request) -> web.Response:
     """A form post on an item: claim, release, approve, edit or reject, then back to the queue
     (a decision) or the item (a claim)."""
-    from streams.review.api import DESK, SESSIONS
-
     desk, form = request.app[DESK], request["form"]
     key, what, who = request.match_info["id"], request.match_info["action"], request["reviewer"]
     comment = str(form.get("comment") or "").strip() or None
@@ -321,8 +259,6 @@ async def act(request: web.Request) -> web.Response:
 
 
 async def metrics_page(request: web.Request) -> web.Response:
-    from streams.review.api import DESK, decision_metrics
-
     return page("metrics.html", request, metrics=decision_metrics(request.app[DESK].state))
 
 

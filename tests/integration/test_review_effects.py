@@ -8,7 +8,9 @@ The other is rejected, and nothing runs for it. Counted at the sinks.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +21,7 @@ from schemas.records import ToolEffect
 from tests.integration.conftest import (
     Isolated,
     Sinks,
+    Worker,
     fake_model_env,
     free_port,
     send_values,
@@ -30,17 +33,39 @@ from tests.integration.test_review_service import Api, reviewers_file, serve, wa
 from tests.poison.corpus import TRIAGE_ANSWER
 
 
+def review_env(
+    isolated: Isolated, sinks: Sinks, fault_server: str, tmp_path: Path, port: int, **extra: str
+) -> dict[str, str]:
+    """A worker's, executor's and review service's environment: the test's sinks and model."""
+    return {
+        **fake_model_env({**isolated.env, **sinks.env}, fault_server),
+        "SLUICE_REVIEWERS_FILE": str(reviewers_file(tmp_path)),
+        "SLUICE_REVIEW_PORT": str(port),
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def running(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Worker, Worker, Worker]]:
+    """A worker, an executor and a review service, stopped (in reverse) however the test ends."""
+    worker = start_worker(env, tmp_path / "worker.log")
+    executor = start_worker(env, tmp_path / "executor.log", command="executor")
+    service = serve(env, tmp_path / "review.log")
+    try:
+        yield worker, executor, service
+    finally:
+        stop(service)
+        stop(executor)
+        stop(worker)
+
+
 async def test_an_approved_result_acts_and_a_rejected_one_does_not(
     isolated: Isolated, fault_server: str, sinks: Sinks, tmp_path: Path
 ) -> None:
     s = isolated.settings
     run = s.topic_suffix  # idempotency keys are global: event ids unique per run
     port = free_port()
-    env = {
-        **fake_model_env({**isolated.env, **sinks.env}, fault_server),
-        "SLUICE_REVIEWERS_FILE": str(reviewers_file(tmp_path)),
-        "SLUICE_REVIEW_PORT": str(port),
-    }
+    env = review_env(isolated, sinks, fault_server, tmp_path, port)
     acts = [
         {"action": "route_to_team", "confidence": 0.5},
         {"action": "send_acknowledgement", "confidence": 0.6},
@@ -51,10 +76,7 @@ async def test_an_approved_result_acts_and_a_rejected_one_does_not(
         {"event_id": f"ok{run}", "ticket_id": "T-OK", "body": f"Charged twice. {unsure}"},
         {"event_id": f"no{run}", "ticket_id": "T-NO", "body": f"Charged twice. {unsure}"},
     ]
-    worker = start_worker(env, tmp_path / "worker.log")
-    executor = start_worker(env, tmp_path / "executor.log", command="executor")
-    service = serve(env, tmp_path / "review.log")
-    try:
+    with running(env, tmp_path) as (_, executor, service):
         await send_values(
             s.bootstrap_servers,
             s.topics.tickets_received,
@@ -72,10 +94,6 @@ async def test_an_approved_result_acts_and_a_rejected_one_does_not(
             assert status == 200
         raw = await read_all(s, s.topics.effects, 3, timeout_s=90)
         assert executor.alive(), executor.log_tail()
-    finally:
-        stop(service)
-        stop(executor)
-        stop(worker)
     effects = sorted(
         (e.event_id, e.tool, e.status, e.source, e.reason)
         for e in (codec.decode_as(v, ToolEffect) for v in raw)
@@ -96,22 +114,14 @@ async def test_held_actions_run_once_a_person_approves_them(
     port = free_port()
     policy = tmp_path / "policy.toml"
     policy.write_text("[flows.tickets]\naction_threshold = 0.7\n")
-    env = {
-        **fake_model_env({**isolated.env, **sinks.env}, fault_server),
-        "SLUICE_REVIEWERS_FILE": str(reviewers_file(tmp_path)),
-        "SLUICE_REVIEW_PORT": str(port),
-        "SLUICE_POLICY_FILE": str(policy),
-    }
+    env = review_env(isolated, sinks, fault_server, tmp_path, port, SLUICE_POLICY_FILE=str(policy))
     acts = [
         {"action": "route_to_team", "confidence": 0.9},
         {"action": "send_acknowledgement", "confidence": 0.5},
     ]
     sure = answer_marker({**TRIAGE_ANSWER, "actions": acts, "confidence": 0.95})
     ticket = {"event_id": f"held{run}", "ticket_id": "T-H", "body": f"Charged twice. {sure}"}
-    worker = start_worker(env, tmp_path / "worker.log")
-    executor = start_worker(env, tmp_path / "executor.log", command="executor")
-    service = serve(env, tmp_path / "review.log")
-    try:
+    with running(env, tmp_path) as (_, executor, service):
         await send_values(
             s.bootstrap_servers, s.topics.tickets_received, [json.dumps(ticket).encode()]
         )
@@ -129,10 +139,6 @@ async def test_held_actions_run_once_a_person_approves_them(
             assert status == 200
         raw = await read_all(s, s.topics.effects, 3, timeout_s=60)
         assert executor.alive(), executor.log_tail()
-    finally:
-        stop(service)
-        stop(executor)
-        stop(worker)
     effects = sorted(
         (e.tool, e.status, e.source) for e in (codec.decode_as(v, ToolEffect) for v in raw)
     )

@@ -96,7 +96,7 @@ def test_the_source_event_is_shown_as_a_person_reads_it() -> None:
     import json
 
     from evals.documents import load_invoices, render_pdf
-    from streams.review.api import readable
+    from streams.review.context import readable
     from streams.settings import Settings
 
     s = Settings()
