@@ -123,10 +123,14 @@ def create_app(
     """
     codec = codec or Codec()
     policy = routing_policy(settings, flows)
-    breakers = {flow.name: breaker_for(settings, flow.name) for flow in flows}
+    off = settings.breaker == "off"
     pipelines = [
-        Pipeline(flow, settings, codec, policy.of(flow.name), breakers[flow.name]) for flow in flows
-    ]
+        Pipeline(
+            flow, settings, codec, policy.of(flow.name),
+            None if off else breaker_for(settings, flow.name),
+        )
+        for flow in flows
+    ]  # fmt: skip
     app = faust_app(settings, settings.app_id)
     engine = new_engine(settings)
     send = sender(app)

@@ -198,8 +198,9 @@ class Settings(BaseSettings):
     results to review (see :mod:`streams.policy`). Validated when the worker starts."""
 
     # --- Circuit breaker (one per flow, shared by its workers through Redis) ---
-    breaker: Literal["on", "manual"] = "on"
-    """``on``: failures trip the breaker; ``manual``: only ``sluice breaker open|close`` does."""
+    breaker: Literal["on", "manual", "off"] = "on"
+    """``on``: failures trip the breaker; ``manual``: only ``sluice breaker open|close`` does;
+    ``off``: no breaker and no kill switch (no Redis calls per event)."""
     breaker_window: int = Field(50, ge=1)
     """Agent calls in the sliding window."""
     breaker_min_calls: int = Field(20, ge=1)
