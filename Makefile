@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup up sinks registry postgres down demo test test-unit lint bench eval soak chaos schemas-check clean
+.PHONY: help setup up sinks registry postgres down demo test test-unit lint bench eval soak chaos outage schemas-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -67,6 +67,9 @@ test-unit: setup ## unit tests only (no network)
 
 chaos: setup up ## >= 2,000 events through worker and executor under kill -9, Redis and broker restarts; counts effects at the sinks (~5 min)
 	$(BIN)/python -m benchmarks.chaos
+
+outage: setup up ## a scripted provider outage under load: breaker opens, events parked, heals, redrive; counts calls, lost, duplicates (~4 min)
+	$(BIN)/python -m benchmarks.outage $(OUTAGE_ARGS)
 
 bench: setup up ## codec (Avro vs JSON), throughput/latency: raw aiokafka loop vs Sluice, review-state rebuild (~9 min)
 	$(BIN)/python -m benchmarks.codec

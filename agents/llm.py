@@ -39,7 +39,8 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -71,6 +72,13 @@ from schemas.errors import (
 from schemas.records import AttemptOutcome, Usage
 
 log = structlog.get_logger(__name__)
+
+#: Awaited before each retry of a failed call, with the usage so far, when set. The engine sets
+#: it around one agent run (its circuit-breaker seam) so that an event admitted before a breaker
+#: opened stops retrying once it has: the gate raises ``BreakerOpen`` carrying that usage.
+RETRY_GATE: ContextVar[Callable[[Usage], Awaitable[None]] | None] = ContextVar(
+    "sluice_retry_gate", default=None
+)
 
 OutT = TypeVar("OutT", bound=BaseModel)
 LOCAL_REPEAT_PENALTY = 1.1
@@ -431,6 +439,9 @@ class LLMClient:
                     ) from cause
                 log.warning("llm.retry", outcome=outcome, attempt=transient, backoff_s=backoff)
                 await asyncio.sleep(backoff)
+                gate = RETRY_GATE.get()
+                if gate is not None:  # the engine's breakers: stop retrying once one opened
+                    await gate(ledger.usage())
                 continue
 
             self.limiter.succeeded()

@@ -265,8 +265,14 @@ class InvalidEdit(ReviewError):
 
 
 class BreakerOpen(SluiceError):
-    """The flow's circuit breaker is open (tripped by failures, or forced by an operator): the
-    event is dead-lettered without calling the model, to be redriven once it closes."""
+    """A circuit breaker of the flow or its LLM endpoint is open (tripped by failures, or forced
+    by an operator): the event is dead-lettered without calling the model (or, if it opened while
+    the event's call was being retried, without retrying), to be redriven once it closes."""
 
     retriable = True
     reason = "breaker_open"
+
+    def __init__(self, message: str, *, usage: Usage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage
+        """The calls made before the breaker stopped the retries (None: no call was made)."""

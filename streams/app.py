@@ -21,7 +21,8 @@ import faust
 import structlog
 
 from schemas.codec import Codec
-from streams.compose import breaker_for
+from streams.breaker import Breaker
+from streams.compose import breaker_for, endpoint_breaker_name
 from streams.emit import Emitter, Strikes, die
 from streams.engine import Engine
 from streams.flow import Flow
@@ -114,6 +115,15 @@ def sender(app: faust.App) -> Callable[[Outcome], Awaitable[None]]:
     return send
 
 
+def breakers_of(settings: Settings, flow: Flow[Any, Any]) -> list[Breaker]:
+    """The circuit breakers a flow's calls go through: its own and its LLM endpoint's (shared
+    with every flow on that endpoint); none with ``SLUICE_BREAKER=off``."""
+    if settings.breaker == "off":
+        return []
+    endpoint = endpoint_breaker_name(flow.endpoint, settings)
+    return [breaker_for(settings, flow.name), breaker_for(settings, endpoint)]
+
+
 def create_app(
     settings: Settings, flows: list[Flow[Any, Any]], codec: Codec | None = None
 ) -> faust.App:
@@ -123,14 +133,10 @@ def create_app(
     """
     codec = codec or Codec()
     policy = routing_policy(settings, flows)
-    off = settings.breaker == "off"
     pipelines = [
-        Pipeline(
-            flow, settings, codec, policy.of(flow.name),
-            None if off else breaker_for(settings, flow.name),
-        )
+        Pipeline(flow, settings, codec, policy.of(flow.name), breakers_of(settings, flow))
         for flow in flows
-    ]  # fmt: skip
+    ]
     app = faust_app(settings, settings.app_id)
     engine = new_engine(settings)
     send = sender(app)

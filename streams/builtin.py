@@ -48,6 +48,21 @@ def ticket_record(
     )
 
 
+def ticket_unanswered(ticket: TicketReceived, envelope: Envelope) -> TicketTriaged:
+    """The ticket for a person to triage while the model cannot be asked (the breaker's human
+    fallback): category ``other``, priority ``medium``, no team and no actions — placeholders
+    the reviewer corrects — and ``requires_human``."""
+    return TicketTriaged(
+        **envelope,
+        ticket_id=ticket.ticket_id,
+        category="other",
+        priority="medium",
+        summary=f"Not triaged (the model was not called): {ticket.subject}"[:500],
+        requires_human=True,
+        reasoning=envelope["route"].reason,
+    )
+
+
 def invoice_record(
     event: DocumentReceived, result: AgentResult[Extraction], envelope: Envelope
 ) -> InvoiceExtracted:
@@ -83,7 +98,13 @@ def invoice_record(
 
 def tickets_flow(rt: Runtime) -> Flow[TicketReceived, Triage]:
     """Ticket triage on the runtime's LLM client."""
-    return Flow("tickets", TicketReceived, TicketTriageAgent(rt.llm), ticket_record)
+    return Flow(
+        "tickets",
+        TicketReceived,
+        TicketTriageAgent(rt.llm),
+        ticket_record,
+        unanswered=ticket_unanswered,
+    )
 
 
 def invoices_flow(rt: Runtime) -> Flow[DocumentReceived, Extraction]:

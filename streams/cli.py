@@ -94,7 +94,9 @@ def cmd_executor(settings: Settings, args: argparse.Namespace) -> int:
     loop.run_until_complete(ensure_topics(settings))
     codec = compose.codec(settings)
     box = compose.toolbox(settings)
-    app = create_executor_app(settings, specs, codec, box, compose.effect_store(settings))
+    app = create_executor_app(
+        settings, specs, codec, box, compose.effect_store(settings), compose.tool_switches(settings)
+    )
     log.info(
         "executor.starting",
         app_id=f"{settings.app_id}-executor",
@@ -157,37 +159,171 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
-    """``sluice breaker open|close|disable|status``: the operator's switches, per flow."""
-    import getpass
+def _audited(settings: Settings, action: str, target: str, by: str | None, reason: str | None,
+             detail: dict[str, Any] | None = None) -> int:  # fmt: skip
+    """Audit an operator action that was taken; 1 (with the reason on stderr) if the audit
+    record could not be written."""
+    from streams.audit import AuditUnwritten, audit, operator
 
-    from streams.compose import breaker_for
+    try:
+        asyncio.run(audit(settings, action, target, by=operator(by), reason=reason or "",
+                          detail=detail))  # fmt: skip
+    except AuditUnwritten as exc:
+        print(f"sluice: warning: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _need_reason(reason: str | None, flag: str = "--reason") -> None:
+    if not (reason or "").strip():
+        raise ConfigError(f'say why: {flag} "..." (it is recorded with who and when)')
+
+
+def cmd_breaker(settings: Settings, args: argparse.Namespace) -> int:
+    """``sluice breaker open|close|disable|status``: the operator's switches, per flow or LLM
+    endpoint; every change audited."""
+    from streams.audit import operator
+    from streams.compose import breaker_for, endpoint_breaker_name
     from streams.flow import select
 
     logconfig.configure("warning", settings.log_format)
-    flows = [spec.name for spec in select(args.flow)]
-    if args.action != "status" and not args.flow:
-        raise ConfigError("name the flow: --flow NAME (repeatable)")
-    if args.action in ("open", "disable") and not (args.reason or "").strip():
-        raise ConfigError('say why: --reason "..." (it is recorded with who and when)')
+    names = [spec.name for spec in select(args.flow)] if args.flow or not args.endpoint else []
+    names += [endpoint_breaker_name(e) for e in args.endpoint or []]
+    if args.action == "status" and not args.flow and not args.endpoint:
+        names.append(endpoint_breaker_name(None, settings))
+    if args.action != "status" and not (args.flow or args.endpoint):
+        raise ConfigError("name the breaker: --flow NAME or --endpoint URL (repeatable)")
+    if args.action in ("open", "disable"):
+        _need_reason(args.reason)
+    state = {"open": "forced_open", "close": "closed", "disable": "disabled"}
 
     async def run() -> None:
-        for flow in flows:
-            breaker = breaker_for(settings, flow)
+        for name in names:
+            breaker = breaker_for(settings, name)
             try:
                 if args.action != "status":
-                    state = {"open": "forced_open", "close": "closed", "disable": "disabled"}
                     await breaker.force(
                         state[args.action],  # type: ignore[arg-type]
-                        by=args.by or getpass.getuser(),
+                        by=operator(args.by),
                         reason=args.reason or "",
                     )
-                print(json.dumps({"flow": flow, **await breaker.status()}))
+                print(json.dumps({"breaker": name, **await breaker.status()}))
             finally:
                 await breaker.redis.aclose()
 
     asyncio.run(run())
-    return 0
+    if args.action == "status":
+        return 0
+    rc = 0
+    for name in names:
+        rc |= _audited(settings, f"breaker.{args.action}", f"breaker:{name}", args.by, args.reason)
+    return rc
+
+
+def cmd_tool(settings: Settings, args: argparse.Namespace) -> int:
+    """``sluice tool off|on|status``: hold one tool's effects in every executor, or release them."""
+    from streams.audit import operator
+    from streams.compose import tool_switches
+
+    logconfig.configure("warning", settings.log_format)
+    if args.action != "status":
+        if not args.tool:
+            raise ConfigError("name the tool: --tool NAME (repeatable)")
+        if args.action == "off":
+            _need_reason(args.reason)
+
+    async def run() -> dict[str, Any]:
+        switches = tool_switches(settings)
+        try:
+            for tool in args.tool or []:
+                if args.action != "status":
+                    await switches.set(tool, on=args.action == "on", by=operator(args.by),
+                                       reason=args.reason or "")  # fmt: skip
+            return await switches.off()
+        finally:
+            await switches.redis.aclose()
+
+    off = asyncio.run(run())
+    print(json.dumps({"off": off}))
+    if args.action == "status":
+        return 0
+    rc = 0
+    for tool in args.tool:
+        rc |= _audited(settings, f"tool.{args.action}", f"tool:{tool}", args.by, args.reason)
+    return rc
+
+
+def _when(text: str | None) -> Any:
+    """An ISO time (UTC if no zone) or an age like ``90m``, ``2h``, ``7d``; None passes."""
+    from datetime import UTC, datetime, timedelta
+
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ConfigError(f"{text!r}: give an ISO time or an age such as 30m, 2h, 7d") from exc
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    """``sluice dlq list|show|redrive``: read dead letters and send them back to their input."""
+    from streams import compose
+    from streams.dlq import Filter, Redriver, read_letters
+
+    logconfig.configure("warning", settings.log_format)
+    wanted = Filter(
+        flows=frozenset(args.flow or ()),
+        reasons=frozenset(args.reason or ()),
+        event_ids=frozenset(args.event_id or ()),
+        since=_when(args.since),
+        until=_when(args.until),
+    )
+    if args.action == "redrive":
+        if wanted.empty and not args.all:
+            raise ConfigError("choose what to redrive (--flow, --reason, --event-id, --since) or "
+                              "say --all")  # fmt: skip
+        if not args.dry_run:
+            _need_reason(args.why, "--why")
+    codec = compose.codec(settings, register=False)
+    letters = asyncio.run(read_letters(settings, codec, wanted))
+    redriver = Redriver(settings, max_attempts=args.max_attempts, force=args.force)
+    if args.action == "list":
+        done = asyncio.run(redriver.redriven(letters))
+        for letter in letters[-args.limit :] if args.limit else letters:
+            line = letter.summary()
+            line["redriven"] = letter.coordinates in done
+            print(json.dumps(line, default=str))
+        print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+        return 0
+    if args.action == "show":
+        for letter in letters[-args.limit :] if args.limit else letters:
+            print(json.dumps(letter.detail(), default=str, indent=2))
+        return 0 if letters else 1
+    report = asyncio.run(redriver.run(letters, dry_run=args.dry_run))
+    for coordinates, status in report.statuses.items():
+        print(json.dumps({"deadletter": coordinates, "status": status,
+                          "sent_to": report.sent.get(coordinates)}))  # fmt: skip
+    counts = report.counts()
+    print(json.dumps({"matched": len(letters), **counts}), file=sys.stderr)
+    if report.error:
+        print(f"sluice: error: sending stopped: {report.error}", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    target = ",".join(sorted(wanted.flows)) or "all flows"
+    chosen = {
+        "flows": sorted(wanted.flows),
+        "reasons": sorted(wanted.reasons),
+        "event_ids": len(wanted.event_ids),
+        "since": args.since,
+        "until": args.until,
+    }
+    detail = {"filter": chosen, "matched": len(letters), "counts": counts}
+    audited = _audited(settings, "dlq.redrive", f"dlq:{target}", args.by, args.why, detail)
+    return 1 if report.error else audited
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -227,8 +363,31 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("breaker", help="circuit breakers: open (kill switch), close, status")
     b.add_argument("action", choices=["open", "close", "disable", "status"])
     b.add_argument("--flow", action="append", help="the flow (repeatable; status: default all)")
+    b.add_argument(
+        "--endpoint", action="append", help="an LLM endpoint's breaker: base URL or 'local'"
+    )
     b.add_argument("--reason", help="why (required for open and disable)")
     b.add_argument("--by", help="who (default: this user)")
+    t = sub.add_parser("tool", help="per-tool switches: hold one tool's effects, or release them")
+    t.add_argument("action", choices=["off", "on", "status"])
+    t.add_argument("--tool", action="append", help="the tool (repeatable)")
+    t.add_argument("--reason", help="why (required for off)")
+    t.add_argument("--by", help="who (default: this user)")
+    q = sub.add_parser("dlq", help="dead letters: list, show, redrive to their input topics")
+    q.add_argument("action", choices=["list", "show", "redrive"])
+    q.add_argument("--flow", action="append", help="only this flow's (repeatable)")
+    q.add_argument("--reason", action="append", help="only this reason (repeatable)")
+    q.add_argument("--event-id", action="append", help="only this event (repeatable)")
+    q.add_argument("--since", help="failed at or after: ISO time, or an age such as 2h")
+    q.add_argument("--until", help="failed before: ISO time, or an age")
+    q.add_argument("--limit", type=int, default=None, help="list/show: only the last N")
+    q.add_argument("--dry-run", action="store_true", help="redrive: say what would be sent")
+    q.add_argument("--all", action="store_true", help="redrive: every dead letter (no filter)")
+    q.add_argument("--force", action="store_true", help="redrive even if the breaker is open")
+    q.add_argument("--max-attempts", type=int, default=None,
+                   help="redrives per event (default SLUICE_REDRIVE_MAX_ATTEMPTS)")  # fmt: skip
+    q.add_argument("--why", help="redrive: why (recorded in the audit trail)")
+    q.add_argument("--by", help="who (default: this user)")
     d = sub.add_parser("demo", help="run sample tickets through a worker and count the lanes")
     d.add_argument("--timeout", type=float, default=600.0)
     d.add_argument("--state-dir", default=".local")
@@ -240,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "review": cmd_review,
         "breaker": cmd_breaker,
+        "tool": cmd_tool,
+        "dlq": cmd_dlq,
         "worker": cmd_worker,
         "executor": cmd_executor,
         "topics": cmd_topics,

@@ -24,6 +24,7 @@ from schemas.registry import RegistryClient
 from streams.breaker import Breaker, BreakerConfig
 from streams.flow import Flow, FlowSpec, Runtime
 from streams.settings import Settings
+from streams.switches import ToolSwitches
 
 
 def codec(settings: Settings, *, register: bool = True) -> Codec:
@@ -103,6 +104,14 @@ def toolbox(settings: Settings) -> Toolbox:
     return box
 
 
+def tool_switches(settings: Settings) -> ToolSwitches:
+    """The per-tool switches of this deployment (``sluice tool off|on``)."""
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    return ToolSwitches(
+        redis, prefix=f"sluice:{settings.app_id}", refresh_s=settings.switch_refresh_s
+    )
+
+
 def effect_store(settings: Settings) -> IdempotencyStore:
     """The idempotency store on the deployment's Redis."""
     return IdempotencyStore(
@@ -110,6 +119,16 @@ def effect_store(settings: Settings) -> IdempotencyStore:
         ttl_s=settings.effect_ttl_s,
         lease_s=settings.effect_lease_s,
     )
+
+
+def endpoint_breaker_name(endpoint: str | None, settings: Settings | None = None) -> str:
+    """The breaker name of an LLM endpoint: ``endpoint:<base URL>``, ``endpoint:local`` for the
+    offline model, ``endpoint:openai`` for the provider's default URL. ``endpoint`` None: the
+    one ``settings`` configure."""
+    if endpoint is None and settings is not None:
+        local = not (settings.openai_api_key or settings.openai_base_url)
+        endpoint = "local" if local else settings.openai_base_url or "openai"
+    return f"endpoint:{(endpoint or 'local').rstrip('/')}"
 
 
 def breaker_for(settings: Settings, flow: str) -> Breaker:
@@ -123,6 +142,8 @@ def breaker_for(settings: Settings, flow: str) -> Breaker:
         slow_call_s=s.breaker_slow_call_s,
         wait_open_s=s.breaker_wait_s,
         half_open_calls=s.breaker_half_open_calls,
+        window_type=s.breaker_window_type,
+        refresh_s=s.breaker_refresh_s,
     )
     redis = aioredis.Redis.from_url(s.redis_url, socket_timeout=2, socket_connect_timeout=2)
     return Breaker(redis, flow, config, prefix=f"sluice:{s.app_id}")

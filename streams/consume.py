@@ -1,7 +1,7 @@
 """``sluice consume``: print a topic's records as JSON lines, for people and shell pipelines.
 
-Decodes either wire format; a record that does not decode is printed with its error and its raw
-bytes (base64) instead of stopping the stream.
+Decodes either Avro wire format, or JSON (the audit trail); a record that does not decode is
+printed with its error and its raw bytes (base64) instead of stopping the stream.
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ def render(message: Any, codec: Any) -> dict[str, Any]:
         line["type"] = type(record).__name__
         line["value"] = record.model_dump(mode="json")
     except SluiceError as exc:
-        line["error"] = f"{type(exc).__name__}: {exc}"
-        line["raw_base64"] = base64.b64encode(message.value or b"").decode()
+        try:  # a JSON topic (the audit trail), printed as it is
+            line["value"] = json.loads(message.value or b"")
+            line["type"] = "json"
+        except (ValueError, RecursionError):
+            line["error"] = f"{type(exc).__name__}: {exc}"
+            line["raw_base64"] = base64.b64encode(message.value or b"").decode()
     return line
 
 

@@ -17,7 +17,7 @@ import hashlib
 import traceback
 from datetime import UTC, datetime
 
-from schemas.errors import AgentError
+from schemas.errors import AgentError, BreakerOpen
 from schemas.records import DeadLetter, DeadLetterReason, Source, Usage
 from streams.meta import Meta
 
@@ -79,7 +79,7 @@ def dead_letter(
     after the model was called (encoding the result, say).
     """
     cls = type(error)
-    if isinstance(error, AgentError) and error.usage is not None:
+    if isinstance(error, AgentError | BreakerOpen) and error.usage is not None:
         usage = error.usage
     value = meta.value
     room = max(0, max_message_bytes - ENVELOPE_BYTES)

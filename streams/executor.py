@@ -11,8 +11,10 @@ corrected record, never the model's original); a rejection runs nothing. For eac
    from a person's decision, and applies its confidence gates only to the auto lane;
 2. :meth:`~agents.tools.Toolbox.vet` refuses what the agent's allowlist or the tool's policy does
    not allow — a tool name that came from model output and is not on the list never runs;
-3. :func:`~agents.effects.run_effect` runs the rest through the Redis idempotency claim;
-4. one ``ToolEffect`` record per action goes to ``effects.applied`` (key: the event id), and only
+3. an action of a tool an operator switched off (``sluice tool off``, :mod:`streams.switches`)
+   waits, unacknowledged, until the tool is on again;
+4. :func:`~agents.effects.run_effect` runs the rest through the Redis idempotency claim;
+5. one ``ToolEffect`` record per action goes to ``effects.applied`` (key: the event id), and only
    then is the input acked.
 
 A redelivered record (a crash before the ack, a rebalance) runs the same actions again and finds
@@ -47,6 +49,7 @@ from streams.flow import FlowSpec
 from streams.meta import Meta
 from streams.outcome import Outcome
 from streams.settings import Settings
+from streams.switches import ToolSwitches
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +62,7 @@ class Executor:
 
     def __init__(
         self, spec: FlowSpec, settings: Settings, codec: Codec, toolbox: Toolbox,
-        store: IdempotencyStore,
+        store: IdempotencyStore, switches: ToolSwitches | None = None,
     ) -> None:  # fmt: skip
         if spec.actions is None:
             raise ValueError(f"flow {spec.name} has no actions")
@@ -69,6 +72,7 @@ class Executor:
         self.codec = codec
         self.toolbox = toolbox
         self.store = store
+        self.switches = switches
 
     async def effects(self, meta: Meta) -> list[ToolEffect] | Exception:
         """The ToolEffect of every action ``meta``'s record asks for (effects already run), or
@@ -86,6 +90,9 @@ class Executor:
             actions = self.spec.actions(record, source)
         except Exception as exc:  # unreadable, or a record this flow's actions cannot read
             return exc
+        if self.switches is not None:  # a held tool waits last: the record's other tools run
+            off = await self.switches.off()
+            actions = sorted(actions, key=lambda a: a.tool in off)
         return [await self._one(record.event_id, action) for action in actions]
 
     async def _one(self, event_id: str, action: Action) -> ToolEffect:
@@ -97,6 +104,8 @@ class Executor:
             return self._record(action, event_id, key, "refused", canonical(action.input), 0,
                                 began, reason=verdict.reason, error=verdict.detail)  # fmt: skip
         tool, data = verdict
+        if self.switches is not None:
+            await self.switches.wait_until_on(tool.name, event_id)
         for attempt in range(1, STORE_RETRIES + 1):
             try:
                 out = await run_effect(self.store, tool, data, event_id)
@@ -152,7 +161,7 @@ class Executor:
 
 def create_executor_app(
     settings: Settings, specs: list[FlowSpec], codec: Codec, toolbox: Toolbox,
-    store: IdempotencyStore,
+    store: IdempotencyStore, switches: ToolSwitches | None = None,
 ) -> faust.App:  # fmt: skip
     """The faust app of ``sluice executor``: two faust agents per flow with actions, reading that
     flow's auto lane and its reviewed topic in the consumer group ``<app_id>-executor``."""
@@ -214,7 +223,7 @@ def create_executor_app(
     for spec in specs:
         if spec.actions is None:
             continue
-        executor = Executor(spec, settings, codec, toolbox, store)
+        executor = Executor(spec, settings, codec, toolbox, store, switches)
         for role, name in (
             ("auto", f"{spec.name}-executor"),
             ("reviewed", f"{spec.name}-reviewed"),

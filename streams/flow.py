@@ -64,6 +64,8 @@ RecordBuilder = Callable[[EventT, AgentResult[OutT], Envelope], BaseModel]
 """(decoded event, agent result, shared envelope) → the Avro record for the lane."""
 Router = Callable[[AgentResult[Any], float], Decision]
 """(agent result, auto threshold) → lane and reason."""
+UnansweredBuilder = Callable[[EventT, Envelope], BaseModel]
+"""(decoded event, envelope with confidence 0) → the record a person completes in review."""
 
 
 def route_by_confidence(result: AgentResult[Any], threshold: float) -> Decision:
@@ -87,6 +89,13 @@ class Flow(Generic[EventT, OutT]):
     agent: Agent[EventT, OutT]
     record: RecordBuilder[EventT, OutT]
     router: Router = route_by_confidence
+    unanswered: UnansweredBuilder[EventT] | None = None
+    """The record for the review lane when the model could not be asked (a circuit breaker is
+    open and the flow's policy says ``breaker_fallback = "review"``): the event's own fields and
+    neutral placeholders a reviewer corrects. None: such events are dead-lettered."""
+    endpoint: str | None = None
+    """The LLM endpoint the agent calls (base URL), for the per-endpoint breaker; None: the one
+    the settings configure."""
 
 
 @dataclass(frozen=True)

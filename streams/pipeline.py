@@ -8,18 +8,21 @@ each message only once it is accounted for, and keep running after poison input.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 
+from agents.llm import RETRY_GATE
 from schemas.codec import Codec
 from schemas.errors import BreakerOpen, SluiceError
 from schemas.events import parse_event, peek_event_id
 from schemas.jsonlimits import Limits
-from schemas.records import AgentInfo, Route, Source, Usage
+from schemas.records import AgentInfo, Confidence, Route, Source, Usage
 from streams import deadletter
 from streams.breaker import Breaker
 from streams.flow import Envelope, Flow
@@ -42,7 +45,7 @@ class Pipeline:
         settings: Settings,
         codec: Codec | None = None,
         policy: FlowPolicy | None = None,
-        breaker: Breaker | None = None,
+        breakers: Sequence[Breaker] = (),
     ) -> None:
         self.flow = flow.name
         self.spec = flow
@@ -50,7 +53,8 @@ class Pipeline:
         self.codec = codec or Codec()
         self.policy = policy or FlowPolicy(threshold=settings.auto_threshold)
         self.threshold = self.policy.threshold
-        self.breaker = breaker
+        self.breakers = tuple(breakers)
+        """The flow's breaker and its LLM endpoint's: a call needs a permit from each."""
         self.trip = settings.breaker == "on"
         self.topics = settings.topics
         self.max_message_bytes = settings.max_message_bytes
@@ -63,24 +67,20 @@ class Pipeline:
     async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
         """The result record of one event and its routing decision; raises on any failure."""
         event = parse_event(meta.value, self.spec.event, self.limits)
-        result = await self.run_agent(event)
+        try:
+            result = await self.run_agent(event)
+        except BreakerOpen as exc:
+            if self.policy.breaker_fallback != "review" or self.spec.unanswered is None:
+                raise
+            return self.unanswered(meta, event_id, event, exc)
         proposed = self.spec.router(result, self.threshold)
-        envelope = Envelope(
-            event_id=event_id,
-            confidence=result.confidence.score,
-            agent=AgentInfo(
-                name=self.agent.name,
-                version=self.agent.version,
-                model=result.model,
-                prompt_version=result.prompt_version,
-            ),
-            route=Route(lane=proposed.lane, reason=proposed.reason, threshold=self.threshold),
-            usage=result.usage,
-            source=Source(topic=meta.topic, partition=meta.partition, offset=meta.offset),
-            received_at=meta.timestamp or datetime.now(UTC),
-            processed_at=datetime.now(UTC),
-            confidence_detail=result.confidence,
+        agent = AgentInfo(
+            name=self.agent.name,
+            version=self.agent.version,
+            model=result.model,
+            prompt_version=result.prompt_version,
         )
+        envelope = self.envelope(meta, event_id, proposed, agent, result.usage, result.confidence)
         record = self.spec.record(event, result, envelope)
         # The policy judges the built record (amounts, fields) and the event (customer plan),
         # and can only send a result to review, never out of it.
@@ -90,27 +90,85 @@ class Pipeline:
             record = record.model_copy(update={"route": route})
         return record, decision
 
+    def envelope(
+        self, meta: Meta, event_id: str, decision: Decision, agent: AgentInfo, usage: Usage,
+        confidence: Confidence,
+    ) -> Envelope:  # fmt: skip
+        """The fields every result record of this flow shares."""
+        return Envelope(
+            event_id=event_id,
+            confidence=confidence.score,
+            agent=agent,
+            route=Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold),
+            usage=usage,
+            source=Source(topic=meta.topic, partition=meta.partition, offset=meta.offset),
+            received_at=meta.timestamp or datetime.now(UTC),
+            processed_at=datetime.now(UTC),
+            confidence_detail=confidence,
+        )
+
+    def unanswered(
+        self, meta: Meta, event_id: str, event: BaseModel, error: BreakerOpen
+    ) -> tuple[BaseModel, Decision]:
+        """The human fallback while the breaker is open: the flow's ``unanswered`` record (no
+        model answer, confidence 0) for the review lane, so a person decides instead."""
+        assert self.spec.unanswered is not None
+        decision = Decision("review", f"{error}: the model was not called, a person decides")
+        agent = AgentInfo(name=self.agent.name, version=self.agent.version, model="none",
+                          prompt_version="none")  # fmt: skip
+        usage = Usage(attempts=0, prompt_tokens=0, completion_tokens=0, latency_ms=0)
+        confidence = Confidence(
+            score=0.0, self_rated=0.0, logprob=None, validation=0.0, method="breaker_open"
+        )
+        envelope = self.envelope(meta, event_id, decision, agent, usage, confidence)
+        return self.spec.unanswered(event, envelope), decision
+
     async def run_agent(self, event: BaseModel) -> Any:
-        """The agent's answer, through the flow's circuit breaker when there is one: while it is
-        open the model is not called (:class:`BreakerOpen`), and each call's outcome is counted.
+        """The agent's answer, through the circuit breakers of the flow and of its LLM endpoint:
+        while either is open the model is not called (:class:`BreakerOpen`), a retry stops once
+        one opens (:data:`~agents.llm.RETRY_GATE`), and each run's outcome is counted by both.
         Poison input never gets here, so it never counts."""
-        if self.breaker is None:
-            return await self.agent.run(event)
-        permitted, state = await self.breaker.acquire()
-        if not permitted:
-            raise BreakerOpen(f"the circuit breaker of flow {self.flow} is {state}")
+        for breaker in self.breakers:
+            permitted, state = await breaker.acquire()
+            if not permitted:
+                raise BreakerOpen(f"the circuit breaker {breaker.name} is {state}")
         began = time.monotonic()
+        gate = RETRY_GATE.set(self._retry_gate if self.breakers else None)
         try:
             result = await self.agent.run(event)
-        except SluiceError as exc:
-            if self.trip:
-                await self.breaker.record(
-                    failed=exc.breaker_counts, seconds=time.monotonic() - began
-                )
+        except BreakerOpen as exc:  # the gate stopped its retries: what it called failed
+            if exc.usage is not None and exc.usage.attempts:
+                await self._record(failed=True, began=began)
             raise
-        if self.trip:
-            await self.breaker.record(failed=False, seconds=time.monotonic() - began)
+        except SluiceError as exc:
+            await self._record(failed=exc.breaker_counts, began=began)
+            raise
+        finally:
+            RETRY_GATE.reset(gate)
+        await self._record(failed=False, began=began)
         return result
+
+    async def _retry_gate(self, usage: Usage) -> None:
+        """Raise :class:`BreakerOpen` unless every breaker is closed (or disabled): a breaker
+        opened since this event was admitted, or it is half-open, where only the permitted trial
+        calls go out and a retry is not one of them. Redis down: carry on, as the breaker does."""
+        for breaker in self.breakers:
+            try:
+                state = (await breaker.status())["state"]
+            except RedisError:
+                continue
+            if state not in ("closed", "disabled"):
+                raise BreakerOpen(
+                    f"the circuit breaker {breaker.name} is {state}: this event's call is not "
+                    "retried",
+                    usage=usage,
+                )
+
+    async def _record(self, *, failed: bool, began: float) -> None:
+        if self.trip:
+            seconds = time.monotonic() - began
+            for breaker in self.breakers:
+                await breaker.record(failed=failed, seconds=seconds)
 
     def review_copy(
         self, record: BaseModel, decision: Decision, event_id: str

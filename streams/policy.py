@@ -27,6 +27,9 @@ A file (``SLUICE_POLICY_FILE``) looks like this::
     op = "in"
     value = ["enterprise"]
 
+    [flows.tickets]
+    breaker_fallback = "review"   # breaker open: a person triages instead of a dead letter
+
 ``when`` names a field of the result record (``record.``) or of the decoded input event
 (``event.``); dotted paths reach into nested models. Unknown keys, unknown flows, fields the
 record or event does not have and thresholds outside [0, 1] are refused when the worker starts,
@@ -110,6 +113,9 @@ class FlowPolicy(BaseModel):
     audit_rate: float = Field(0.0, ge=0.0, le=1.0)
     """The share of auto results also queued for review as audit samples (chosen by event id, so
     a redelivered event is sampled the same way), to measure the auto lane's precision."""
+    breaker_fallback: Literal["deadletter", "review"] = "deadletter"
+    """While a circuit breaker is open: dead-letter the flow's events (``breaker_open``, redriven
+    later) or send them to review for a person to decide (needs the flow's ``unanswered``)."""
     fields: dict[str, float] = Field(default_factory=dict)
     """Per-field minimum confidence, read from the record's ``field_confidence``; a field with no
     confidence there counts as 0."""
@@ -169,6 +175,11 @@ def routing_policy(settings: Settings, flows: Sequence[Flow[Any, Any]]) -> Polic
     for flow in flows:
         spec = specs.get(flow.name)
         known[flow.name] = (spec.record_model if spec else None, flow.event)
+        if policy.of(flow.name).breaker_fallback == "review" and flow.unanswered is None:
+            raise ConfigError(
+                f'policy: flow {flow.name} has breaker_fallback = "review" but the flow has no '
+                "unanswered record builder (Flow.unanswered)"
+            )
     check_policy(policy, known)
     return policy
 

@@ -35,6 +35,7 @@ class Topics:
                 self._attrs[f"{spec.name.replace('-', '_')}_{role}"] = name
         self.deadletter = s.topic_deadletter + s.topic_suffix
         self.effects = s.topic_effects + s.topic_suffix
+        self.audit = s.topic_audit + s.topic_suffix
 
     def __getattr__(self, name: str) -> str:
         try:
@@ -52,8 +53,9 @@ class Topics:
         return [*names, self.deadletter, self.effects]
 
     def all(self) -> list[str]:
-        """Every topic Sluice creates: all roles of all registered flows, and deadletter."""
-        return self.for_flows()
+        """Every topic Sluice creates: all roles of all registered flows, dead letters, effects
+        and the operators' audit trail."""
+        return [*self.for_flows(), self.audit]
 
     def lanes(self) -> dict[str, str]:
         """Output topic → lane, for reading results back (auto, review, deadletter)."""
@@ -88,6 +90,9 @@ class Settings(BaseSettings):
     """The one dead-letter topic every flow shares."""
     topic_effects: str = "effects.applied"
     """Where the executor writes one ToolEffect record per proposed action."""
+    topic_audit: str = "sluice.audit"
+    """The operators' audit trail: one JSON record per switch, kill switch or redrive (who, when,
+    why, what it did)."""
     ledger_path: Path = Path(".local/sinks/ledger.db")
     """The SQLite ledger the ``post_invoice`` tool writes to, unless ``ledger_url`` is set."""
     ledger_url: SecretStr | None = None
@@ -202,7 +207,17 @@ class Settings(BaseSettings):
     """``on``: failures trip the breaker; ``manual``: only ``sluice breaker open|close`` does;
     ``off``: no breaker and no kill switch (no Redis calls per event)."""
     breaker_window: int = Field(50, ge=1)
-    """Agent calls in the sliding window."""
+    """The sliding window: agent calls when ``breaker_window_type`` is ``count``, seconds when it
+    is ``time``."""
+    breaker_window_type: Literal["count", "time"] = "count"
+    """``count``: the last ``breaker_window`` calls; ``time``: the calls of the last
+    ``breaker_window`` seconds (at most 10,000 kept), which judges a flow by its recent traffic
+    however busy or quiet it was."""
+    breaker_refresh_s: float = Field(0.25, ge=0.0, lt=1.0)
+    """How long a worker trusts its last read of a closed breaker before asking Redis again, and
+    how long outcomes wait to be sent in one batch: this saves two Redis calls per event. An
+    operator's ``sluice breaker open`` reaches every worker within this time, hence under a
+    second; 0 asks Redis on every call."""
     breaker_min_calls: int = Field(20, ge=1)
     """Calls the window must hold before its failure rate is judged."""
     breaker_failure_rate: float = Field(0.5, gt=0.0, le=1.0)
@@ -214,6 +229,14 @@ class Settings(BaseSettings):
     """Time open before trial calls are let through."""
     breaker_half_open_calls: int = Field(5, ge=1)
     """Trial calls in half-open; their failure rate closes or re-opens it."""
+
+    # --- Dead-letter redrive and operator switches ---
+    redrive_max_attempts: int = Field(3, ge=1, le=100)
+    """Redrives one event gets: a dead letter whose event was already redriven this many times
+    is reported ``exhausted`` and not sent again (no loops)."""
+    switch_refresh_s: float = Field(0.5, gt=0.0, le=1.0)
+    """How often a process re-reads the per-tool switches from Redis: a switch reaches every
+    executor within this time."""
 
     # --- Review ---
     reviewers_file: Path | None = None

@@ -59,7 +59,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final
 
@@ -144,6 +144,8 @@ class Call:
     messages: list[dict[str, Any]]
     max_tokens: int | None = None
     """The request's ``max_tokens`` (or ``max_completion_tokens``), if it set one."""
+    at: float = field(default_factory=time.time)
+    """When the request arrived (wall clock), to line calls up with a worker's log."""
 
 
 # -- minimal valid instances of a JSON schema ------------------------------------------------------

@@ -194,3 +194,18 @@ def test_unwritable_sees_through_faust_wrapping() -> None:
     wrapped.__cause__ = cause
     assert unwritable(wrapped) is cause
     assert unwritable(KafkaTimeoutError()) is None
+
+
+async def test_redrive_lineage_is_carried_to_the_next_dead_letter() -> None:
+    lineage = (
+        ("sluice.redrive.attempt", b"2"),
+        ("sluice.origin", b"tickets.received/3/17"),
+        ("sluice.redrive.from", b"deadletter/0/5"),
+        ("sluice.event_id", b"ev-first"),
+    )
+    outcome = await pipeline().handle(meta(b"junk", headers=lineage))
+    headers = dict(outcome.headers)
+    assert outcome.event_id == "ev-first"
+    assert headers["sluice.redrive.attempt"] == b"2"
+    assert headers["sluice.origin"] == b"tickets.received/3/17"
+    assert headers["sluice.redrive.from"] == b"deadletter/0/5"

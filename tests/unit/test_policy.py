@@ -213,12 +213,19 @@ def test_the_file_is_read_with_defaults(tmp_path: Path) -> None:
             "needs a list",
         ),
         ("[flows.tickets\n", "not valid TOML"),
+        ('[flows.tickets]\nbreaker_fallback = "human"', "breaker_fallback"),
     ],
 )
 def test_a_bad_file_is_refused_with_the_place_named(tmp_path: Path, text: str, says: str) -> None:
     with pytest.raises(ConfigError, match="policy file") as caught:
         load_policy(write(tmp_path, text))
     assert says in str(caught.value)
+
+
+def test_the_breaker_fallback_is_read(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, '[flows.tickets]\nbreaker_fallback = "review"'))
+    assert policy.of("tickets").breaker_fallback == "review"
+    assert policy.of("invoices").breaker_fallback == "deadletter"
 
 
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:

@@ -52,7 +52,8 @@ def test_frozen_and_validated(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_topics_derive_from_flow_names_and_are_distinct() -> None:
     t = Settings().topics
     names = t.all()
-    assert len(names) == len(set(names)) == 2 * 4 + 2  # two flows x four roles, deadletter, effects
+    # two flows x four roles, then deadletter, effects, audit
+    assert len(names) == len(set(names)) == 2 * 4 + 3
     assert (t.tickets_received, t.tickets_auto, t.tickets_reviewed) == (
         "tickets.received",
         "tickets.auto",
