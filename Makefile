@@ -60,7 +60,7 @@ demo: deps-demo setup up sinks ## run sample tickets through a worker on the off
 	$(BIN)/sluice demo
 
 test: deps-test setup up registry sinks postgres ## run the unit and integration tests against real Kafka, Redis, registry and PostgreSQL
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests --durations=15
 
 test-unit: setup ## unit tests only (no network)
 	$(BIN)/pytest tests/unit

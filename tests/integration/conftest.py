@@ -78,7 +78,10 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def isolated(services: Settings) -> Isolated:
+def isolated(services: Settings) -> Iterator[Isolated]:
+    """Topics and group ids of the test's own (a suffix and an app id), deleted afterwards: a
+    broker keeps one open file or more per partition, and a whole run would otherwise pile up
+    thousands of them (its file limit is often 20,000)."""
     tag = uuid.uuid4().hex[:8]
     overrides = {"SLUICE_TOPIC_SUFFIX": f".it-{tag}", "SLUICE_APP_ID": f"sluice-it-{tag}"}
     env = {**os.environ, **overrides, "SLUICE_LOG_FORMAT": "json", "SLUICE_LOG_LEVEL": "info"}
@@ -86,7 +89,23 @@ def isolated(services: Settings) -> Isolated:
         update={"topic_suffix": f".it-{tag}", "app_id": f"sluice-it-{tag}"}
     )
     asyncio.run(ensure_topics(settings))
-    return Isolated(settings, env)
+    yield Isolated(settings, env)
+    asyncio.run(delete_topics(settings.bootstrap_servers, settings.topics.all()))
+
+
+async def delete_topics(bootstrap: str, topics: list[str]) -> None:
+    """Delete ``topics`` (those that exist); a failure only leaves them behind."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        doomed = [t for t in topics if t in existing]
+        if doomed:
+            await admin.delete_topics(doomed, timeout_ms=30_000)
+    except Exception as exc:  # cleanup is best effort: never fail a test that passed
+        print(f"could not delete topics {topics}: {exc}", file=sys.stderr)
+    finally:
+        await admin.close()
 
 
 async def send_values(

@@ -207,24 +207,33 @@ async def test_the_kill_switch_stops_two_workers_within_a_second(
                 paced(
                     s.bootstrap_servers,
                     s.topics.tickets_received,
-                    tickets(run, 1000, 400),
+                    tickets(run, 1000, 320),
                     per_s=20,
                 )  # fmt: skip
             )
             await asyncio.sleep(2)
+            refused = await asyncio.to_thread(sluice, env, "breaker", "open", "--flow", "tickets")
+            assert refused.returncode == 2  # no reason, no kill switch
+            assert "--reason" in refused.stderr
             opened = await asyncio.to_thread(
-                sluice, env, "breaker", "open", "--flow", "tickets", "--reason", "drill"
-            )
+                sluice, env, "breaker", "open", "--flow", "tickets", "--reason", "drill",
+                "--by", "ops",
+            )  # fmt: skip
             assert opened.returncode == 0, opened.stderr
+            assert json.loads(opened.stdout)["state"] == "forced_open"
             await asyncio.sleep(1.0)
             stopped_at = len(server.calls)
             await asyncio.sleep(2.0)
             assert len(server.calls) == stopped_at  # no model call from 1 s after the switch
 
             closed = await asyncio.to_thread(
-                sluice, env, "breaker", "close", "--flow", "tickets", "--reason", "drill over"
-            )
+                sluice, env, "breaker", "close", "--flow", "tickets", "--reason", "drill over",
+                "--by", "ops",
+            )  # fmt: skip
             assert closed.returncode == 0, closed.stderr
+            status = json.loads(closed.stdout)
+            assert (status["state"], status["by"]) == ("closed", "ops")
+            assert status["reason"] == "drill over"
             await asyncio.sleep(1.0)
             resumed_at = len(server.calls)
             await asyncio.sleep(2.0)
@@ -245,4 +254,4 @@ async def test_the_kill_switch_stops_two_workers_within_a_second(
         ("breaker.open", "breaker:tickets", "drill"),
         ("breaker.close", "breaker:tickets", "drill over"),
     ]
-    assert all(r["by"] and r["at"] for r in records)
+    assert all(r["by"] == "ops" and r["at"] for r in records)
