@@ -20,8 +20,12 @@ answers() { "$PYTHON" -c "import urllib.request,sys; urllib.request.urlopen('htt
 start() {
   if answers; then log "already answering on port $HTTP_PORT"; return 0; fi
   mkdir -p "$STATE"
-  (cd "$ROOT" && nohup "$PYTHON" -m agents.sinks --state "$STATE" --http-port "$HTTP_PORT" \
-    --smtp-port "$SMTP_PORT" >"$STATE/sinks.log" 2>&1 & echo $! >"$PIDFILE")
+  # The process itself in the background (not a subshell around it), so the pid file names the
+  # process `stop` must end.
+  cd "$ROOT"
+  nohup "$PYTHON" -m agents.sinks --state "$STATE" --http-port "$HTTP_PORT" \
+    --smtp-port "$SMTP_PORT" >"$STATE/sinks.log" 2>&1 &
+  echo $! >"$PIDFILE"
   for _ in $(seq 1 50); do answers && { log "webhook http://127.0.0.1:$HTTP_PORT, smtp 127.0.0.1:$SMTP_PORT"; return 0; }; sleep 0.2; done
   die "the sinks did not start; see $STATE/sinks.log"
 }
