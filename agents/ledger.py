@@ -193,8 +193,13 @@ class PostgresLedger:
     async def _create(self, conn: Any) -> None:
         import psycopg
 
-        # Another process may create it at the same moment.
-        with contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+        # Another connection may create it at the same moment: CREATE TABLE IF NOT EXISTS is not
+        # atomic in PostgreSQL, and the loser sees the table, its row type or the catalog key
+        # taken (DuplicateTable, DuplicateObject "type ledger already exists", UniqueViolation).
+        errors = psycopg.errors
+        with contextlib.suppress(
+            errors.UniqueViolation, errors.DuplicateTable, errors.DuplicateObject
+        ):
             await conn.execute(POSTGRES_SCHEMA)
         self._created = True
 
