@@ -319,7 +319,7 @@ async def wait_closed(rig: Rig, args: argparse.Namespace) -> bool:
         for name in names:
             b = breaker_for(s, name)
             try:
-                states.append((await b.status())["state"])
+                states.append(await b.state())
             finally:
                 await b.redis.aclose()
         if all(x == "closed" for x in states) or time.monotonic() > deadline:

@@ -115,13 +115,23 @@ def sender(app: faust.App) -> Callable[[Outcome], Awaitable[None]]:
     return send
 
 
-def breakers_of(settings: Settings, flow: Flow[Any, Any]) -> list[Breaker]:
-    """The circuit breakers a flow's calls go through: its own and its LLM endpoint's (shared
-    with every flow on that endpoint); none with ``SLUICE_BREAKER=off``."""
+def breakers_of(settings: Settings, flows: list[Flow[Any, Any]]) -> dict[str, list[Breaker]]:
+    """Per flow, the circuit breakers its calls go through: its own and its LLM endpoint's. Flows
+    on one endpoint share one instance of its breaker (one local view, one batch of outcomes per
+    process). None with ``SLUICE_BREAKER=off``."""
     if settings.breaker == "off":
-        return []
-    endpoint = endpoint_breaker_name(flow.endpoint, settings)
-    return [breaker_for(settings, flow.name), breaker_for(settings, endpoint)]
+        return {flow.name: [] for flow in flows}
+    built: dict[str, Breaker] = {}
+
+    def breaker(name: str) -> Breaker:
+        if name not in built:
+            built[name] = breaker_for(settings, name)
+        return built[name]
+
+    return {
+        f.name: [breaker(f.name), breaker(endpoint_breaker_name(f.endpoint, settings))]
+        for f in flows
+    }
 
 
 def create_app(
@@ -133,9 +143,9 @@ def create_app(
     """
     codec = codec or Codec()
     policy = routing_policy(settings, flows)
+    breakers = breakers_of(settings, flows)
     pipelines = [
-        Pipeline(flow, settings, codec, policy.of(flow.name), breakers_of(settings, flow))
-        for flow in flows
+        Pipeline(flow, settings, codec, policy.of(flow.name), breakers[flow.name]) for flow in flows
     ]
     app = faust_app(settings, settings.app_id)
     engine = new_engine(settings)

@@ -257,6 +257,11 @@ class Breaker:
         values.update({f"transitions.{_text(k)}": _text(v) for k, v in counted.items()})
         return values
 
+    async def state(self) -> State:
+        """The shared state as Redis has it now (one read; no permit taken, nothing cached)."""
+        found = await self.redis.hget(self.key, "state")
+        return _text(found) if found is not None else "closed"  # type: ignore[return-value]
+
     async def _transition(self, before: str, after: str) -> None:
         """Log a transition this process's script made (each is made by exactly one) and count
         it in ``<key>:transitions`` (field ``before>after``), kept across operator switches."""

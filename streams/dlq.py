@@ -44,13 +44,10 @@ from redis.exceptions import RedisError
 from schemas.codec import Codec
 from schemas.records import DeadLetter
 from streams.compose import breaker_for
-from streams.meta import EVENT_ID_HEADER
+from streams.meta import ATTEMPT_HEADER, EVENT_ID_HEADER, FROM_HEADER, ORIGIN_HEADER
 from streams.settings import Settings
 from streams.topics import partitions
 
-ATTEMPT_HEADER = "sluice.redrive.attempt"
-ORIGIN_HEADER = "sluice.origin"
-FROM_HEADER = "sluice.redrive.from"
 LINEAGE_HEADERS = (EVENT_ID_HEADER, ATTEMPT_HEADER, ORIGIN_HEADER, FROM_HEADER)
 MARKER_TTL_S = 30 * 24 * 3600
 
@@ -331,7 +328,7 @@ class Redriver:
         for flow in flows:
             breaker = breaker_for(self.settings, flow)
             try:
-                if (await breaker.status())["state"] in ("open", "forced_open"):
+                if await breaker.state() in ("open", "forced_open"):
                     blocked.add(flow)
             finally:
                 await breaker.redis.aclose()

@@ -11,6 +11,11 @@ _EVENT_NS = uuid.UUID("6f1c1f1e-5d43-4d3b-9a59-3c1c5a6f0b7e")
 #: The header a redrive (``sluice dlq redrive``) puts the dead letter's event id in, so an event
 #: whose value carries no id keeps the one it first had (and so its idempotency keys).
 EVENT_ID_HEADER = "sluice.event_id"
+#: The rest of a redriven event's lineage (:mod:`streams.dlq`): which redrive this is, where the
+#: event first arrived, and the dead letter it was redriven from.
+ATTEMPT_HEADER = "sluice.redrive.attempt"
+ORIGIN_HEADER = "sluice.origin"
+FROM_HEADER = "sluice.redrive.from"
 MAX_EVENT_ID_CHARS = 128
 
 

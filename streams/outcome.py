@@ -5,17 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.records import Lane, Usage
-from streams.meta import Meta
+from streams.meta import ATTEMPT_HEADER, FROM_HEADER, ORIGIN_HEADER, Meta
 
 #: Headers copied from input to output so one trace follows an event through every topic, and a
 #: redriven event's lineage (:mod:`streams.dlq`) reaches its result or its next dead letter.
-PROPAGATED_HEADERS = (
-    "traceparent",
-    "tracestate",
-    "sluice.redrive.attempt",
-    "sluice.origin",
-    "sluice.redrive.from",
-)
+PROPAGATED_HEADERS = ("traceparent", "tracestate", ATTEMPT_HEADER, ORIGIN_HEADER, FROM_HEADER)
 #: W3C caps tracestate at 512 characters; anything longer is not a trace header we should copy.
 MAX_PROPAGATED_HEADER_BYTES = 512
 #: An input key longer than this is not reused as the output key (the event id is used instead).

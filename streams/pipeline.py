@@ -154,7 +154,7 @@ class Pipeline:
         calls go out and a retry is not one of them. Redis down: carry on, as the breaker does."""
         for breaker in self.breakers:
             try:
-                state = (await breaker.status())["state"]
+                state = await breaker.state()
             except RedisError:
                 continue
             if state not in ("closed", "disabled"):
