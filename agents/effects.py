@@ -35,6 +35,7 @@ import structlog
 from pydantic import BaseModel
 
 from agents.idempotency import Claim, IdempotencyStore
+from agents.observe import ToolCall, notify
 from agents.tools import Reconciled, Tool, canonical, digest
 from schemas.errors import EffectFailed, IdempotencyConflict
 from schemas.records import EffectStatus
@@ -66,9 +67,35 @@ async def run_effect(
     Raises :class:`~schemas.errors.StoreUnavailable` when Redis cannot be asked (nothing ran, or
     what ran is still claimed and will be reconciled) — the caller retries the event, it does not
     record an outcome. Every other result is an :class:`EffectOutcome`.
+
+    Reported as :class:`~agents.observe.ToolCall` facts: ``start``, then ``success`` (applied,
+    or a duplicate whose key was done: ``dedup``) or ``failure`` (failed, unknown, or raised).
     """
-    began = time.monotonic()
     key = tool.key(event_id, data)
+    notify(ToolCall("start", tool.name, event_id, key))
+    began = time.monotonic()
+    try:
+        out = await _run(store, tool, data, event_id, key)
+    except Exception as exc:
+        ms = int((time.monotonic() - began) * 1000)
+        notify(ToolCall("failure", tool.name, event_id, key, latency_ms=ms,
+                        error=f"{type(exc).__name__}: {exc}"[:300]))  # fmt: skip
+        raise
+    ok = out.status in ("applied", "duplicate")
+    notify(
+        ToolCall(
+            "success" if ok else "failure", tool.name, event_id, key, status=out.status,
+            dedup=out.status == "duplicate", latency_ms=out.latency_ms, attempts=out.attempts,
+            reconciled=out.reconciled, error=None if out.error is None else out.error[:300],
+        )
+    )  # fmt: skip
+    return out
+
+
+async def _run(
+    store: IdempotencyStore, tool: Tool[Any], data: BaseModel, event_id: str, key: str
+) -> EffectOutcome:
+    began = time.monotonic()
     values = data.model_dump(mode="json")
     input_json = canonical(values)
 

@@ -244,6 +244,7 @@ class InvoiceExtractionAgent:
             InvoiceAnswer,
             max_tokens=answer_tokens(document.text),
             validate=business_problems,
+            prompt_version=self.prompt_version,
         )
         a = c.value
         measured = {f: value_probability(c.logprobs, f) for f in FIELDS + AMOUNTS}

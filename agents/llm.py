@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -56,7 +56,8 @@ from pydantic import BaseModel, ValidationError
 from agents.confidence import TokenProb
 from agents.limiter import CallLimiter
 from agents.local_model import LOCAL_MODEL_ALIAS, LocalModelServer
-from agents.usage import DEFAULT_PRICES, Ledger, Price, estimate_tokens
+from agents.observe import LLMCall, LLMRetry, ValidationFailed, notify
+from agents.usage import DEFAULT_PRICES, MICRO_USD, MILLION, Ledger, Price, estimate_tokens
 from schemas.errors import (
     AgentError,
     BudgetExceeded,
@@ -264,8 +265,9 @@ class LLMClient:
         #: Calls in flight to this provider, shared by every agent using this client.
         self.limiter = CallLimiter(config.max_concurrency or UNLIMITED)
 
-    @property
+    @cached_property
     def provider(self) -> str:
+        """Which provider answers: ``local`` or ``openai-compatible:<base URL>`` (no userinfo)."""
         if self.config.api_key or self.config.base_url:
             return f"openai-compatible:{_redacted(self.config.base_url) or 'api.openai.com'}"
         return "local"
@@ -309,6 +311,18 @@ class LLMClient:
             prompt_measure="tokenizer" if self._tokenizer_url else "estimate",
         )
 
+    def health_target(self) -> tuple[str, dict[str, str]] | None:
+        """A URL that says whether the provider answers, and the headers it needs: the local
+        server's ``/health``, or ``<base URL>/models`` (with the key). None before start."""
+        if self._local is not None:
+            return f"{self._local.root_url}/health", {}
+        if self._client is None:
+            return None
+        headers = {}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        return f"{str(self._client.base_url).rstrip('/')}/models", headers
+
     def _body(
         self, conversation: list[dict[str, str]], response_model: type[BaseModel], max_tokens: int
     ) -> dict[str, Any]:
@@ -347,6 +361,7 @@ class LLMClient:
         *,
         max_tokens: int = 512,
         validate: Validator | None = None,
+        prompt_version: str | None = None,
     ) -> Completion[OutT]:
         """Ask for ``response_model``, re-asking with the problems when an answer is invalid.
 
@@ -357,6 +372,9 @@ class LLMClient:
         :class:`ModelBehaviorError` (or Refusal/Truncated/ContentFiltered) for unusable answers,
         :class:`BudgetExceeded` before a call that could overshoot the token budget. Every error
         raised after a call carries the usage of every call.
+
+        Every call, answered or not, is reported as an :class:`~agents.observe.LLMCall` fact
+        (with ``prompt_version``), every retry and invalid answer as a fact too.
         """
         if self._client is None:
             raise ProviderError("LLM client not started")
@@ -414,7 +432,12 @@ class LLMClient:
                 cause = exc
             except openai.APIStatusError as exc:
                 if exc.status_code < 500 and exc.status_code not in (408, 409):
-                    raise self._rejected(exc, ledger, began) from exc
+                    rejected = self._rejected(exc, ledger, began)
+                    self._observe(
+                        ledger, began, max_tokens, prompt_version, error=str(rejected),
+                        messages=conversation,
+                    )  # fmt: skip
+                    raise rejected from exc
                 message = f"HTTP {exc.status_code}: {_provider_message(exc)}"
                 failure, cause = ("server_error", message, None), exc
             else:
@@ -423,6 +446,10 @@ class LLMClient:
             if failure is not None:
                 outcome, message, retry_after = failure
                 ledger.record(outcome, 0, 0, _ms(began))
+                self._observe(
+                    ledger, began, max_tokens, prompt_version, error=message,
+                    messages=conversation,
+                )  # fmt: skip
                 transient += 1
                 backoff = self._backoff(transient, retry_after)
                 if outcome == "rate_limited":  # every caller backs off, not just this one
@@ -437,7 +464,7 @@ class LLMClient:
                         "deadline",
                         usage=ledger.usage(),
                     ) from cause
-                log.warning("llm.retry", outcome=outcome, attempt=transient, backoff_s=backoff)
+                notify(LLMRetry(self.model, transient, outcome, round(backoff, 3), message))
                 await asyncio.sleep(backoff)
                 gate = RETRY_GATE.get()
                 if gate is not None:  # the engine's breakers: stop retrying once one opened
@@ -456,14 +483,10 @@ class LLMClient:
                 # slot's generation there), so a larger max_tokens would not have helped.
                 verdict = "context_exceeded"
             ledger.record(verdict, prompt, completion, _ms(began))
-            log.info(
-                "llm.call",
-                attempt=len(ledger.entries),
-                outcome=verdict,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                latency_ms=ledger.entries[-1].latency_ms,
-            )
+            self._observe(
+                ledger, began, max_tokens, prompt_version, finish_reason=choice.finish_reason,
+                messages=conversation, response=raw,
+            )  # fmt: skip
             if verdict == "context_exceeded":
                 raise ContextExceeded(
                     f"the context filled up after {completion} answer tokens (max_tokens="
@@ -493,7 +516,9 @@ class LLMClient:
                     return answer
                 fallback = answer
             invalid += 1
+            attempt = len(ledger.entries)
             if invalid >= cfg.max_validation_attempts:
+                notify(ValidationFailed(self.model, attempt, verdict, problems, reask=False))
                 if fallback is not None:  # well formed, but a person must check the problems
                     fallback.usage = ledger.usage()
                     return fallback
@@ -505,20 +530,49 @@ class LLMClient:
             reask, prompt_need, blocked = await self._reask(
                 messages, conversation, raw, problems, max_tokens, ledger, deadline
             )
+            notify(
+                ValidationFailed(self.model, attempt, verdict, problems, reask is not None, blocked)
+            )
             if reask is None:
-                log.info("llm.reask_skipped", attempt=len(ledger.entries), blocked=blocked)
                 if fallback is not None:  # the answer in hand goes to review, unsent re-ask
                     fallback.usage = ledger.usage()
                     return fallback
                 raise self._no_room(blocked, prompt_need, max_tokens, ledger, raw)
-            log.info(
-                "llm.reask",
-                attempt=len(ledger.entries),
-                problems=problems,
-                compact=len(reask) == len(messages) + 1,
-                prompt_tokens=prompt_need,
-            )
             conversation = reask
+
+    def _observe(
+        self, ledger: Ledger, began: float, max_tokens: int, prompt_version: str | None, *,
+        finish_reason: str | None = None, error: str | None = None,
+        messages: list[dict[str, str]] | None = None, response: str | None = None,
+    ) -> None:  # fmt: skip
+        """Report the call just booked in ``ledger`` as an :class:`LLMCall` fact."""
+        entry = ledger.entries[-1]
+        price = self.config.prices.get(self.model)
+        cost = None
+        if price is not None:
+            cost = (
+                (price.prompt * entry.prompt_tokens + price.completion * entry.completion_tokens)
+                / MILLION
+            ).quantize(MICRO_USD)
+        notify(
+            LLMCall(
+                provider=self.provider,
+                model=self.model,
+                attempt=entry.attempt,
+                outcome=entry.outcome,
+                latency_ms=entry.latency_ms,
+                started_at=time.time() - (time.monotonic() - began),
+                prompt_tokens=entry.prompt_tokens,
+                completion_tokens=entry.completion_tokens,
+                prompt_version=prompt_version,
+                finish_reason=finish_reason,
+                cost_usd=cost,
+                max_tokens=max_tokens,
+                error=error,
+                messages=messages,
+                response=response,
+            )
+        )
 
     async def _reask(
         self,

@@ -151,6 +151,7 @@ class TicketTriageAgent:
             TriageAnswer,
             max_tokens=MAX_TOKENS,
             validate=business_problems,
+            prompt_version=self.prompt_version,
         )
         a = c.value
         # The routed label is the category; priority decides urgency. Both must be believed.

@@ -16,6 +16,8 @@ from schemas.errors import BudgetExceeded
 from schemas.records import AttemptOutcome, AttemptUsage, Usage
 
 MILLION = Decimal(1_000_000)
+#: Costs are kept to a millionth of a dollar.
+MICRO_USD = Decimal("0.000001")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ class Ledger:
         total = (
             price.prompt * self.prompt_tokens + price.completion * self.completion_tokens
         ) / MILLION
-        return total.quantize(Decimal("0.000001"))
+        return total.quantize(MICRO_USD)
 
     def usage(self) -> Usage:
         return Usage(

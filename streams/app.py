@@ -13,14 +13,18 @@ this shell would lose the event. So the shell itself is guarded too: anything th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
 import structlog
 
+from agents.observe import EventRouted, EventScope, event_scope, notify
 from schemas.codec import Codec
+from streams import metrics, tracing
 from streams.breaker import Breaker
 from streams.compose import breaker_for, endpoint_breaker_name
 from streams.emit import Emitter, Strikes, die
@@ -134,6 +138,58 @@ def breakers_of(settings: Settings, flows: list[Flow[Any, Any]]) -> dict[str, li
     }
 
 
+@contextlib.contextmanager
+def observing(stage: str, flow: str, meta: Meta) -> Iterator[tuple[EventScope, Meta]]:
+    """One event's observation in ``stage``: its span (a child of the record's traceparent), its
+    :class:`~agents.observe.EventScope`, and its trace id in every log line. Yields the scope
+    and ``meta`` with this span's traceparent, which every record written for it carries on."""
+    attributes = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": meta.topic,
+        "messaging.destination.partition.id": str(meta.partition),
+        "messaging.kafka.offset": meta.offset,
+        "sluice.flow": flow,
+    }
+    carried = tracing.traceparent_of(meta.headers)
+    # The event id only matters to mint a traceparent for an event that came without one.
+    event_id = meta.derived_event_id() if carried is None else None
+    with tracing.stage_span(f"process {meta.topic}", carried, event_id, attributes) as traceparent:
+        found = tracing.parse(traceparent)
+        trace_id = found[0] if found else None
+        if traceparent is not None:
+            meta = replace(meta, headers=tracing.with_traceparent(meta.headers, traceparent))
+        with (
+            structlog.contextvars.bound_contextvars(trace_id=trace_id),
+            event_scope(stage, flow, trace_id) as scope,
+        ):
+            yield scope, meta
+
+
+def routed(scope: EventScope, written: Outcome, meta: Meta) -> None:
+    """Report where the event ended (``event.routed``) and its summary (``event.summary``)."""
+    confidence = scope.confidence
+    notify(
+        EventRouted(
+            flow=scope.flow, event_id=written.event_id, lane=written.lane,
+            reason=written.reason[:300],
+            confidence=getattr(confidence, "score", None),
+            self_rated=getattr(confidence, "self_rated", None),
+            logprob=getattr(confidence, "logprob", None),
+            validation=getattr(confidence, "validation", None),
+            threshold=scope.threshold, copies=len(written.copies),
+        )
+    )  # fmt: skip
+    tracing.set_attributes(
+        {"sluice.event_id": written.event_id, "sluice.lane": written.lane,
+         "sluice.confidence": getattr(confidence, "score", None)}
+    )  # fmt: skip
+    if written.lane == "deadletter":
+        tracing.mark_error("deadletter", written.reason)
+    received = meta.timestamp.timestamp() if meta.timestamp else None
+    notify(scope.summary(written.event_id, written.lane, written.reason, received_at=received))
+
+
 def create_app(
     settings: Settings, flows: list[Flow[Any, Any]], codec: Codec | None = None
 ) -> faust.App:
@@ -149,6 +205,8 @@ def create_app(
     ]
     app = faust_app(settings, settings.app_id)
     engine = new_engine(settings)
+    metrics.track_in_flight("worker", lambda: engine.in_flight)
+    metrics.track_breakers(b for bs in breakers.values() for b in bs)
     send = sender(app)
     emitter = Emitter(
         send=send,
@@ -160,18 +218,20 @@ def create_app(
     )
 
     async def process(pipeline: Pipeline, meta: Meta) -> None:
-        with structlog.contextvars.bound_contextvars(
-            flow=pipeline.flow, topic=meta.topic, partition=meta.partition, offset=meta.offset
+        with (
+            structlog.contextvars.bound_contextvars(
+                flow=pipeline.flow, topic=meta.topic, partition=meta.partition, offset=meta.offset
+            ),
+            observing("worker", pipeline.flow, meta) as (scope, meta),
         ):
             try:
                 outcome = await pipeline.handle(meta)
-                written = await emitter.emit(outcome, meta, pipeline.flow)
+                with scope.timed("emit"):
+                    written = await emitter.emit(outcome, meta, pipeline.flow)
             except Exception as exc:  # a bug outside handle's guard: never a silent ack
                 log.critical("worker.unguarded_error", exc_info=True)
                 written = await emitter.strike(meta, pipeline.flow, exc)
-            log.info(
-                "event.routed", event_id=written.event_id, lane=written.lane, reason=written.reason
-            )
+            routed(scope, written, meta)
 
     async def run(pipeline: Pipeline, stream: Any) -> None:
         # Manual acks: the engine acks an event only once it and every earlier event of its

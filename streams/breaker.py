@@ -33,6 +33,8 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from agents.observe import BreakerTransition, notify
+
 log = structlog.get_logger(__name__)
 
 State = Literal["closed", "open", "half_open", "forced_open", "disabled"]
@@ -257,6 +259,12 @@ class Breaker:
         values.update({f"transitions.{_text(k)}": _text(v) for k, v in counted.items()})
         return values
 
+    @property
+    def view(self) -> State:
+        """This process's last-known state (no Redis call): what its permits are based on, and
+        what the ``sluice_breaker_state`` metric shows."""
+        return self._state
+
     async def state(self) -> State:
         """The shared state as Redis has it now (one read; no permit taken, nothing cached)."""
         found = await self.redis.hget(self.key, "state")
@@ -265,7 +273,7 @@ class Breaker:
     async def _transition(self, before: str, after: str) -> None:
         """Log a transition this process's script made (each is made by exactly one) and count
         it in ``<key>:transitions`` (field ``before>after``), kept across operator switches."""
-        log.warning("breaker.transition", flow=self.name, before=before, after=after)
+        notify(BreakerTransition(self.name, before, after))
         try:
             await self.redis.hincrby(self.transitions_key, f"{before}>{after}", 1)
         except RedisError as exc:
@@ -278,6 +286,7 @@ class Breaker:
         if state not in ("forced_open", "closed", "disabled"):
             raise ValueError(f"an operator sets forced_open, closed or disabled, not {state}")
         asked = time.monotonic()
+        before = self._state
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.key, self.window_key)
         pipe.hset(self.key, mapping={"state": state, "by": by, "reason": reason})
@@ -285,6 +294,7 @@ class Breaker:
         self._pending = []  # outcomes from before the switch belong to no new window
         self._see(state, asked)
         log.warning("breaker.operator", flow=self.name, state=state, by=by, reason=reason)
+        notify(BreakerTransition(self.name, before, state, by=by))
 
     async def _send(self, outcomes: list[str], *, batch: bool) -> State:
         c = self.config

@@ -1,4 +1,5 @@
-"""The ``sluice`` command: worker, executor, review, topics, produce, consume, schemas, demo."""
+"""The ``sluice`` command: worker, executor, review, topics, produce, consume, trace, schemas,
+demo."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from schemas.errors import ConfigError, SluiceError
-from streams import logconfig
+from streams import logconfig, telemetry
 from streams.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.topics import ensure_topics
 
     config = logconfig.configure(settings.log_level, settings.log_format)
+    telemetry.install(settings, "sluice-worker")
     specs = select(args.flow)
     _check_redis(settings)
     loop = asyncio.new_event_loop()
@@ -65,9 +67,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     loop.run_until_complete(ensure_topics(settings))
     codec = compose.codec(settings)
     log.info("codec", wire_format=codec.wire_format, registry=settings.schema_registry_url)
-    flows, _llm = compose.flows(settings, specs)
+    flows, llm = compose.flows(settings, specs)
     app = create_app(settings, flows, codec)
     names = [f.name for f in flows]
+    inputs = [settings.topics.of(name, "received") for name in names]
+
+    telemetry.attach(app, settings, settings.metrics_port, settings.app_id, inputs, llm)
+
     log.info(
         "worker.starting",
         app_id=settings.app_id,
@@ -87,6 +93,7 @@ def cmd_executor(settings: Settings, args: argparse.Namespace) -> int:
     from streams.topics import ensure_topics
 
     config = logconfig.configure(settings.log_level, settings.log_format)
+    telemetry.install(settings, "sluice-executor")
     specs = [s for s in select(args.flow) if s.actions is not None]
     _check_redis(settings)
     loop = asyncio.new_event_loop()
@@ -97,6 +104,11 @@ def cmd_executor(settings: Settings, args: argparse.Namespace) -> int:
     app = create_executor_app(
         settings, specs, codec, box, compose.effect_store(settings), compose.tool_switches(settings)
     )
+    group = f"{settings.app_id}-executor"
+    inputs = [settings.topics.of(s.name, r) for s in specs for r in ("auto", "reviewed")]
+
+    telemetry.attach(app, settings, settings.executor_metrics_port, group, inputs)
+
     log.info(
         "executor.starting",
         app_id=f"{settings.app_id}-executor",
@@ -326,6 +338,30 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if report.error else audited
 
 
+def cmd_trace(settings: Settings, args: argparse.Namespace) -> int:
+    """``sluice trace EVENT_ID``: one event's story from the topics; 1 when none names it."""
+    from streams import compose
+    from streams.flow import select
+    from streams.trace import render_text, trace
+
+    logconfig.configure("warning", settings.log_format)
+    flows = [spec.name for spec in select(args.flow)] if args.flow else None
+    codec = compose.codec(settings, register=False)
+    found = asyncio.run(trace(settings, codec, args.event_id, flows=flows, since=_when(args.since)))
+    if args.json:
+        print(json.dumps(found.as_json(), default=str, indent=2))
+    elif found.found:
+        print(render_text(found, full=args.full), end="")
+    if not found.found:
+        since = f" since {args.since}" if args.since else ""
+        where = ", ".join(found.topics) or "no topic (none exists)"
+        missing = f"; missing: {', '.join(found.missing_topics)}" if found.missing_topics else ""
+        print(f"sluice: no record of event {args.event_id!r}{since} on {where} "
+              f"({found.scanned} records scanned{missing})", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -388,6 +424,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="redrives per event (default SLUICE_REDRIVE_MAX_ATTEMPTS)")  # fmt: skip
     q.add_argument("--why", help="redrive: why (recorded in the audit trail)")
     q.add_argument("--by", help="who (default: this user)")
+    r = sub.add_parser("trace", help="one event's whole story, read back from the topics")
+    r.add_argument("event_id", help="the event id (the sluice.event_id header of its records)")
+    r.add_argument("--flow", action="append", help="only this flow's topics (repeatable)")
+    r.add_argument("--since", help="only records written at or after: ISO time, or an age (2h)")
+    r.add_argument("--json", action="store_true", help="machine-readable; values never cut")
+    r.add_argument("--full", action="store_true", help="print values whole (default: cut at 2 KB)")
     d = sub.add_parser("demo", help="run sample tickets through a worker and count the lanes")
     d.add_argument("--timeout", type=float, default=600.0)
     d.add_argument("--state-dir", default=".local")
@@ -401,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         "breaker": cmd_breaker,
         "tool": cmd_tool,
         "dlq": cmd_dlq,
+        "trace": cmd_trace,
         "worker": cmd_worker,
         "executor": cmd_executor,
         "topics": cmd_topics,
@@ -410,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
     }
     try:
-        return commands[args.command](Settings(), args)
+        return commands[args.command](Settings().register_secrets(), args)
     except SluiceError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,12 @@ the record keeps the first :data:`ORIGINAL_PREFIX_BYTES`, the size, the sha256 a
 ``original_truncated=true``, and the whole value stays readable at ``source`` in the input topic.
 :func:`minimal` builds the last-resort form (coordinates, reason, hash, no payload) from facts that
 cannot fail to encode.
+
+A dead letter is read by people and tools that should not see credentials, and it is kept as long
+as the topic is: the error message, the stack trace and the headers go through
+:func:`agents.redact.scrub` (a provider's error may echo the key it was sent, a driver's the URL
+with its password). The original key and value are the user's input, kept as they came on purpose
+so a redrive sends exactly them.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import traceback
 from datetime import UTC, datetime
 
+from agents.redact import scrub
 from schemas.errors import AgentError, BreakerOpen
 from schemas.records import DeadLetter, DeadLetterReason, Source, Usage
 from streams.meta import Meta
@@ -41,14 +48,21 @@ def reason_of(error: BaseException) -> DeadLetterReason:
     return reason if reason in _REASONS else "other"
 
 
-def _text(value: str, limit: int) -> str:
+def _bounded(value: str, limit: int) -> str:
     """Bounded, and encodable as UTF-8 whatever the error put in it (lone surrogates)."""
     return value[:limit].encode("utf-8", "replace").decode("utf-8")
 
 
+def _text(value: str, limit: int) -> str:
+    """An error's text for the record: scrubbed of credentials, then :func:`_bounded` (scrubbed
+    before the cut: a secret cut in two would no longer be recognised)."""
+    return _bounded(scrub(value), limit)
+
+
 def _stack(error: BaseException) -> str:
+    """The traceback's last :data:`MAX_STACK_CHARS`, scrubbed before the cut (see :func:`_text`)."""
     try:
-        return "".join(traceback.format_exception(error))[-MAX_STACK_CHARS:]
+        return scrub("".join(traceback.format_exception(error)))[-MAX_STACK_CHARS:]
     except Exception:  # a pathological __str__ or a RecursionError inside the traceback
         return f"{type(error).__qualname__} (stack trace unavailable)"
 
@@ -92,7 +106,7 @@ def dead_letter(
         reason=reason_of(error),
         error_class=f"{cls.__module__}.{cls.__qualname__}",
         error_message=_text(_message(error), MAX_MESSAGE_CHARS),
-        stacktrace=_text(_stack(error), MAX_STACK_CHARS),
+        stacktrace=_bounded(_stack(error), MAX_STACK_CHARS),
         attempts=usage.attempts if usage else 0,
         retriable=bool(getattr(error, "retriable", False)),
         source=Source(topic=meta.topic, partition=meta.partition, offset=meta.offset),
@@ -123,7 +137,7 @@ def minimal(
     on; the original stays in the input topic at ``source`` for a redrive.
     """
     return DeadLetter(
-        event_id=_text(event_id, 128),
+        event_id=_bounded(event_id, 128),
         flow=flow,
         reason=reason,
         error_class=_text(error_class, 200),
@@ -144,14 +158,18 @@ def minimal(
 
 
 def headers(record: DeadLetter) -> list[tuple[str, bytes]]:
-    """Kafka Connect's ``__connect.errors.*`` names, plus our reason and attempt count."""
+    """Kafka Connect's ``__connect.errors.*`` names, plus our reason and attempt count.
+
+    The exception's texts are scrubbed again: a record built elsewhere (decoded from the topic
+    for a redrive, say) may not have been.
+    """
     pairs = {
         "topic": record.source.topic,
         "partition": str(record.source.partition),
         "offset": str(record.source.offset),
-        "exception.class.name": record.error_class,
-        "exception.message": record.error_message[:1000],
-        "exception.stacktrace": record.stacktrace[-2000:],
+        "exception.class.name": scrub(record.error_class),
+        "exception.message": scrub(record.error_message)[:1000],
+        "exception.stacktrace": scrub(record.stacktrace)[-2000:],
         "sluice.reason": record.reason,
         "sluice.attempts": str(record.attempts),
         "sluice.retriable": str(record.retriable).lower(),

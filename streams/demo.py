@@ -13,9 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from importlib import resources
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.records import DeadLetter, InvoiceExtracted, TicketTriaged
 from streams.lanes import collect, end_offsets, lane_topics
@@ -131,4 +134,33 @@ async def run_demo(settings: Settings, *, timeout_s: float, state_dir: Path) -> 
         f"lanes: auto={counts['auto']} review={counts['review']} "
         f"deadletter={counts['deadletter']} total={len(sent)}"
     )
+    scraped = worker_lanes(settings)
+    if scraped is not None:
+        print(
+            f"worker /metrics (since it started): auto={scraped['auto']:g} "
+            f"review={scraped['review']:g} deadletter={scraped['deadletter']:g}"
+        )
+    example = next(iter(tally.lanes["review"].values()), None)
+    if example is not None:
+        print(f"one event's story: sluice trace {getattr(example, 'event_id', '')}")
     return 0 if not missing else 1
+
+
+def worker_lanes(settings: Settings) -> dict[str, float] | None:
+    """``sluice_events_total`` of the local worker per lane, from its ``/metrics``; None when it
+    serves none."""
+    if not settings.metrics_port:
+        return None
+    url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    lanes = {"auto": 0.0, "review": 0.0, "deadletter": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "sluice_events_total" and sample.labels.get("stage") == "worker":
+                lane = sample.labels.get("lane", "")
+                lanes[lane] = lanes.get(lane, 0.0) + sample.value
+    return lanes

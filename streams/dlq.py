@@ -208,6 +208,10 @@ class Report:
         return dict(Counter(self.statuses.values()))
 
 
+#: W3C trace context a redrive carries from the dead letter onto the redriven event.
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
 class Redriver:
     """Re-publishes dead letters to their input topics, once each, with lineage headers."""
 
@@ -304,6 +308,8 @@ class Redriver:
             headers += [(k, v) for k, v in source_headers if k not in LINEAGE_HEADERS]
         else:
             key, value = r.original_key, r.original_value
+            # The same trace goes on: the redriven run is a child of the span that failed.
+            headers += [(k, x.headers[k].encode()) for k in TRACE_HEADERS if k in x.headers]
         headers += [
             (EVENT_ID_HEADER, r.event_id.encode()),
             (ATTEMPT_HEADER, str(x.attempt + 1).encode()),

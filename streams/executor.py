@@ -37,13 +37,15 @@ import structlog
 
 from agents.effects import EffectOutcome, run_effect
 from agents.idempotency import IdempotencyStore
+from agents.observe import DeadLettered, ToolCall, notify
+from agents.redact import scrub, scrub_value
 from agents.tools import Action, Refused, Toolbox, canonical, digest
 from agents.tools import Source as DecisionSource
 from schemas.codec import Codec
 from schemas.errors import IdempotencyConflict, StoreUnavailable
 from schemas.records import ReviewDecision, ToolEffect
-from streams import deadletter
-from streams.app import faust_app, meta_of, new_engine, sender
+from streams import deadletter, metrics, tracing
+from streams.app import faust_app, meta_of, new_engine, observing, sender
 from streams.emit import Emitter, Strikes, die
 from streams.flow import FlowSpec
 from streams.meta import Meta
@@ -99,8 +101,9 @@ class Executor:
         began = datetime.now(UTC)
         verdict = self.toolbox.vet(action)
         if isinstance(verdict, Refused):
-            log.warning("tool.refused", tool=action.tool, reason=verdict.reason, event_id=event_id)
             key = digest({"event_id": event_id, "tool": action.tool, "input": action.input})
+            notify(ToolCall("failure", action.tool[:200], event_id, key, status="refused",
+                            error=f"{verdict.reason}: {verdict.detail}"[:300]))  # fmt: skip
             return self._record(action, event_id, key, "refused", canonical(action.input), 0,
                                 began, reason=verdict.reason, error=verdict.detail)  # fmt: skip
         tool, data = verdict
@@ -119,7 +122,6 @@ class Executor:
                     raise
                 log.warning("tool.store_unavailable", tool=tool.name, attempt=attempt)
                 await asyncio.sleep(0.5 * 2 ** (attempt - 1))
-        log.info("tool.call", tool=tool.name, key=out.key, status=out.status, event_id=event_id)
         return self._from(action, event_id, out, began)
 
     def _from(
@@ -144,8 +146,8 @@ class Executor:
             idempotency_key=key,
             status=status,
             input_json=input_json,
-            result_json=None if result is None else canonical(result),
-            error=error,
+            result_json=None if result is None else canonical(scrub_value(result)),
+            error=None if error is None else scrub(error),
             attempts=attempts,
             applied_at=datetime.now(UTC),
             flow=self.flow,
@@ -167,6 +169,7 @@ def create_executor_app(
     flow's auto lane and its reviewed topic in the consumer group ``<app_id>-executor``."""
     app = faust_app(settings, f"{settings.app_id}-executor")
     engine = new_engine(settings)
+    metrics.track_in_flight("executor", lambda: engine.in_flight)
     send = sender(app)
     emitter = Emitter(
         send=send,
@@ -178,34 +181,54 @@ def create_executor_app(
     )
 
     async def process(executor: Executor, meta: Meta) -> None:
-        with structlog.contextvars.bound_contextvars(
-            stage="executor", flow=executor.flow, partition=meta.partition, offset=meta.offset
-        ):
-            effects = await executor.effects(meta)
+        with (
+            structlog.contextvars.bound_contextvars(
+                stage="executor", flow=executor.flow, topic=meta.topic, partition=meta.partition,
+                offset=meta.offset,
+            ),
+            observing("executor", executor.flow, meta) as (scope, meta),
+        ):  # fmt: skip
+            with scope.timed("effects"):
+                effects = await executor.effects(meta)
             if isinstance(effects, Exception):
                 event_id = meta.derived_event_id()
                 dl = deadletter.dead_letter(
                     effects, meta, event_id=event_id, flow=executor.flow,
                     max_message_bytes=settings.max_message_bytes,
                 )  # fmt: skip
+                notify(DeadLettered(executor.flow, event_id, dl.reason, dl.error_message,
+                                    stage="executor"))  # fmt: skip
                 outcome = Outcome.build(
                     "deadletter", settings.topics.deadletter, meta, codec.encode(dl), event_id,
                     dl.reason, extra_headers=deadletter.headers(dl),
                 )  # fmt: skip
-                await emitter.emit(outcome, meta, executor.flow)
+                written = await emitter.emit(outcome, meta, executor.flow)
+                tracing.mark_error("deadletter", written.reason)
+                notify(scope.summary(written.event_id, written.lane, written.reason))
                 return
-            for effect in effects:  # each record acked by the broker before the input is
-                try:
-                    async with asyncio.timeout(settings.producer_timeout_s + 5):
-                        await app.producer.send_and_wait(
-                            settings.topics.effects, effect.event_id.encode(),
-                            codec.encode(effect), None, None,
-                            [("sluice.event_id", effect.event_id.encode()),
-                             ("sluice.status", effect.status.encode())],
-                        )  # fmt: skip
-                except Exception:
-                    log.critical("executor.effect_unwritten", exc_info=True)
-                    die()  # exit before the ack: the redelivery finds the effects done
+            traceparent = tracing.traceparent_of(meta.headers)
+            with scope.timed("emit"):
+                for effect in effects:  # each record acked by the broker before the input is
+                    headers = [("sluice.event_id", effect.event_id.encode()),
+                               ("sluice.status", effect.status.encode())]  # fmt: skip
+                    if traceparent is not None:
+                        headers.append((tracing.TRACEPARENT, traceparent.encode()))
+                    try:
+                        async with asyncio.timeout(settings.producer_timeout_s + 5):
+                            await app.producer.send_and_wait(
+                                settings.topics.effects, effect.event_id.encode(),
+                                codec.encode(effect), None, None, headers,
+                            )  # fmt: skip
+                    except Exception:
+                        log.critical("executor.effect_unwritten", exc_info=True)
+                        die()  # exit before the ack: the redelivery finds the effects done
+            statuses: dict[str, int] = {}
+            for effect in effects:
+                statuses[effect.status] = statuses.get(effect.status, 0) + 1
+            event_id = effects[0].event_id if effects else meta.derived_event_id()
+            lane = "effects" if effects else "none"
+            reason = ", ".join(f"{k}={v}" for k, v in sorted(statuses.items())) or "no actions"
+            notify(scope.summary(event_id, lane, reason, effects=statuses))
 
     async def run(executor: Executor, stream: Any) -> None:
         await engine.run(

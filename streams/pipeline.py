@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from redis.exceptions import RedisError
 
 from agents.llm import RETRY_GATE
+from agents.observe import DeadLettered, current_scope, notify, timed
 from schemas.codec import Codec
 from schemas.errors import BreakerOpen, SluiceError
 from schemas.events import parse_event, peek_event_id
@@ -66,14 +67,25 @@ class Pipeline:
 
     async def result(self, meta: Meta, event_id: str) -> tuple[BaseModel, Decision]:
         """The result record of one event and its routing decision; raises on any failure."""
-        event = parse_event(meta.value, self.spec.event, self.limits)
+        with timed("parse"):
+            event = parse_event(meta.value, self.spec.event, self.limits)
         try:
-            result = await self.run_agent(event)
+            with timed("agent"):
+                result = await self.run_agent(event)
         except BreakerOpen as exc:
             if self.policy.breaker_fallback != "review" or self.spec.unanswered is None:
                 raise
             return self.unanswered(meta, event_id, event, exc)
+        with timed("route"):
+            return self._routed(meta, event_id, event, result)
+
+    def _routed(
+        self, meta: Meta, event_id: str, event: BaseModel, result: Any
+    ) -> tuple[BaseModel, Decision]:
         proposed = self.spec.router(result, self.threshold)
+        scope = current_scope()
+        if scope is not None:
+            scope.confidence, scope.threshold = result.confidence, self.threshold
         agent = AgentInfo(
             name=self.agent.name,
             version=self.agent.version,
@@ -212,6 +224,7 @@ class Pipeline:
         usage: Usage | None = None
         try:
             event_id = peek_event_id(meta.value, self.limits) or event_id
+            structlog.contextvars.bind_contextvars(event_id=event_id)
             record, decision = await self.result(meta, event_id)
             usage = getattr(record, "usage", None)
             record, copy = self.review_copy(record, decision, event_id)
@@ -266,9 +279,7 @@ class Pipeline:
                 usage=usage,
             )
             value = self.codec.encode(dl)
-        log.warning(
-            "event.deadlettered", event_id=dl.event_id, reason=dl.reason, error=dl.error_message
-        )
+        notify(DeadLettered(self.flow, dl.event_id, dl.reason, dl.error_message))
         return Outcome.build(
             "deadletter",
             self.topics.deadletter,

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.redact import register_secret, register_url_password
+
 
 class Topics:
     """Resolved topic names of every registered flow, plus the shared dead-letter topic.
@@ -254,12 +256,65 @@ class Settings(BaseSettings):
     review_sla_s: float = Field(4 * 3600.0, gt=0)
     """An item pending longer than this is flagged as an SLA breach."""
 
+    # --- Redaction (agents.redact) ---
+    redact_pii: bool = False
+    """Replace email addresses, phone numbers and card numbers in logged prompt and response text
+    (``SLUICE_LOG_PROMPTS=full``) with ``[EMAIL]``, ``[PHONE]`` and ``[CARD]``. Off by default:
+    ``full`` is for debugging, where the placeholder may hide the very detail being looked for
+    (a mistyped address); turn it on wherever such logs are kept or shared."""
+    secrets: SecretStr | None = None
+    """Comma-separated values of your own that must never appear in a log line or a dead letter
+    (a webhook signing key, a database password Sluice does not know it holds). Configured
+    secrets (``OPENAI_API_KEY``, URL passwords, tokens) are registered without being listed."""
+
     # --- Logging ---
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     """auto: readable on a terminal, JSON lines otherwise."""
 
+    # --- Observability ---
+    log_prompts: Literal["off", "hash", "full"] = "hash"
+    """Prompt and response text in ``llm.call`` lines: ``hash`` (sha256 and length: the same
+    prompt is recognisable, its text is not in the logs), ``full`` (secrets scrubbed; PII too
+    with ``SLUICE_REDACT_PII``), or ``off``. Input text is customers' data: ``full`` is for
+    debugging, not for a shared log store."""
+    metrics_port: int = Field(9400, ge=0, le=65535)
+    """``sluice worker``'s ``/metrics`` and ``/health`` port; 0: none. A busy port is logged and
+    skipped (the worker keeps working)."""
+    executor_metrics_port: int = Field(9401, ge=0, le=65535)
+    """``sluice executor``'s ``/metrics`` and ``/health`` port; 0: none. The review service
+    serves both on its own port."""
+    metrics_host: str = "0.0.0.0"
+    """Where the metrics endpoint listens (all interfaces: scrapers run elsewhere)."""
+    lag_interval_s: float = Field(5.0, gt=0)
+    """How often a process reads its consumer group's lag for ``sluice_consumer_lag``."""
+    otel: Literal["off", "otlp", "console"] = "off"
+    """OpenTelemetry spans: ``otlp`` exports over OTLP/HTTP to ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    (the SDK's ``OTEL_*`` variables apply). Off, traceparent headers still flow and every log
+    line still carries the trace id."""
+
     @property
     def topics(self) -> Topics:
         """Topic names of every flow registered now (cheap; flows may register after start)."""
         return Topics(self)
+
+    def register_secrets(self) -> Settings:
+        """Register every configured secret for redaction (:mod:`agents.redact`); returns self.
+
+        Called once where a process builds its settings (``sluice``'s ``main``), before it logs:
+        a ``SecretStr`` keeps a value out of a ``repr``, but not out of the error message of a
+        library that was handed the plain value. Every ``SecretStr`` setting is registered whole
+        (each entry of ``SLUICE_SECRETS`` alone), and the password of every URL setting
+        (``REDIS_URL``, ``SCHEMA_REGISTRY_URL``, ``SLUICE_LEDGER_URL``, ...). Settings are
+        found by type, not listed, so a secret setting added later is covered too.
+        """
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                raw = value.get_secret_value()
+                for part in raw.split(",") if name == "secrets" else [raw]:
+                    register_secret(part.strip())
+                    register_url_password(part)
+            elif isinstance(value, str):
+                register_url_password(value)
+        return self

@@ -71,6 +71,10 @@ FAULTS: Final[Mapping[str, str]] = {
     "429": "HTTP 429 with retry-after: 1 (seconds) and an OpenAI-style error body",
     "500": "HTTP 500 with an OpenAI-style error body",
     "401": "HTTP 401 with OpenAI's invalid_api_key error body: a wrong key",
+    "401_echo": (
+        "HTTP 401 whose message quotes the request's Authorization header whole: a careless "
+        "provider or proxy that echoes the key"
+    ),
     "403": "HTTP 403 with an OpenAI-style request_forbidden error body",
     "context_exceeded": (
         "HTTP 400 with llama.cpp's exceed_context_size_error body: the prompt does not fit"
@@ -534,6 +538,14 @@ class FaultServer:
                 401,
                 "invalid_request_error",
                 "fault: incorrect API key provided",
+                code="invalid_api_key",
+            )
+        if fault == "401_echo":
+            call.status = 401
+            return _error(
+                401,
+                "invalid_request_error",
+                f"fault: incorrect API key provided: {request.headers.get('Authorization')}",
                 code="invalid_api_key",
             )
         if fault == "403":

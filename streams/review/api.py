@@ -30,6 +30,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from schemas.errors import ItemNotFound, ReviewConflict, ReviewError
+from streams.metrics import track_review
 from streams.review.auth import Reviewers, load_reviewers
 from streams.review.context import (
     DESK,
@@ -44,20 +45,27 @@ from streams.review.desk import ReviewDesk
 from streams.review.sessions import SessionStore
 from streams.review.state import ReviewState, TopicFeed
 from streams.review.web import add_routes, guard
+from streams.serve import add_routes as telemetry_routes
 from streams.settings import Settings
+from streams.telemetry import health_of
 
 log = structlog.get_logger(__name__)
 
 STATUS = {ItemNotFound: 404, ReviewConflict: 409}
 
 
+#: Paths served without credentials: liveness, readiness and Prometheus metrics (counts only).
+UNAUTHENTICATED = frozenset({"/healthz", "/health", "/health/live", "/metrics"})
+
+
 @web.middleware
 async def authenticate(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Refuse every request without valid credentials (``/healthz`` excepted): a reviewer token
-    for ``/api``, a session and its CSRF token for pages."""
-    if request.path == "/healthz":
+    """Refuse every request without valid credentials (health and ``/metrics`` excepted: probes
+    and scrapers carry no reviewer token, and neither shows an item): a reviewer token for
+    ``/api``, a session and its CSRF token for pages."""
+    if request.path in UNAUTHENTICATED:
         return await handler(request)
     if not request.path.startswith("/api/"):
         return await guard(request, handler, request.app[SESSIONS])
@@ -169,6 +177,13 @@ def create_review_app(
     app[SESSIONS] = sessions
     add_routes(app)
     app.router.add_get("/healthz", healthz)
+    health = health_of(settings)
+    telemetry_routes(app, health)
+
+    async def close_health(app: web.Application) -> None:
+        await health.close()
+
+    app.on_cleanup.append(close_health)
     app.router.add_get("/api/items", list_items)
     app.router.add_get("/api/items/{id}", show_item)
     app.router.add_post("/api/items/{id}/claim", claim)
@@ -178,6 +193,16 @@ def create_review_app(
     app.router.add_post("/api/items/{id}/reject", reject)
     app.router.add_get("/api/metrics", metrics)
     return app
+
+
+def review_queue(state: ReviewState, flows: list[str]) -> dict[str, tuple[int, float | None]]:
+    """Per flow: items pending and the oldest one's age (seconds), for the metrics."""
+    now = datetime.now(UTC)
+    queue: dict[str, tuple[int, float | None]] = {}
+    for flow in flows:
+        pending = state.pending(flow)
+        queue[flow] = (len(pending), max((i.age_s(now) for i in pending), default=None))
+    return queue
 
 
 async def serve(settings: Settings, flows: list[str]) -> None:
@@ -200,8 +225,8 @@ async def serve(settings: Settings, flows: list[str]) -> None:
     try:
         await feed.caught_up()
 
-        async def send(topic: str, key: bytes, value: bytes) -> None:
-            await producer.send_and_wait(topic, value, key=key)
+        async def send(topic: str, key: bytes, value: bytes, headers: list[Any]) -> None:
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
 
         desk = ReviewDesk(
             state,
@@ -214,6 +239,7 @@ async def serve(settings: Settings, flows: list[str]) -> None:
         )
         sessions = SessionStore(redis, f"sluice:review:{settings.app_id}")
         app = create_review_app(desk, settings, reviewers, sessions)
+        track_review(lambda: review_queue(state, flows))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, settings.review_host, settings.review_port).start()

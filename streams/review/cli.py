@@ -62,11 +62,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one ``sluice review`` subcommand."""
     command = args.review_command
     if command == "serve":
-        from streams import logconfig
+        from streams import logconfig, telemetry
         from streams.flow import select
         from streams.review.api import serve
 
         logconfig.configure(settings.log_level, settings.log_format)
+        telemetry.install(settings, "sluice-review")
         flows = [spec.name for spec in select(args.flow)]
         asyncio.run(serve(settings, flows))
         return 0

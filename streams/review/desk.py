@@ -21,9 +21,11 @@ import redis.asyncio as aioredis
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from agents.observe import ReviewDecided, notify
 from schemas.codec import Codec
 from schemas.errors import InvalidEdit, ItemNotFound, ReviewConflict, validation_problems
 from schemas.records import FieldChange, ReviewDecision, ReviewVerdict
+from streams import tracing
 from streams.flow import Envelope
 from streams.review.state import Item, ReviewState
 
@@ -33,7 +35,8 @@ log = structlog.get_logger(__name__)
 #: agent's own evidence. Everything else in a result record is the agent's answer.
 LOCKED = frozenset(Envelope.__annotations__) | {"field_confidence", "validation_issues"}
 
-Send = Callable[[str, bytes, bytes], Awaitable[None]]
+Send = Callable[[str, bytes, bytes, list[tuple[str, bytes]]], Awaitable[None]]
+"""Writes (topic, key, value, headers) and waits for the broker's ack."""
 """(topic, key, value) → once the broker has acknowledged the write."""
 
 _RELEASE = """
@@ -187,22 +190,39 @@ class ReviewDesk:
                 seconds_to_decision=item.age_s(now),
                 record=None if record is None else self.codec.encode(record),
             )
-            await self.send(
-                self.reviewed_topic(item.flow), item.event_id.encode(), self.codec.encode(decision)
-            )
+            attributes = {"sluice.flow": item.flow, "sluice.event_id": item.event_id,
+                          "sluice.review.verdict": verdict}  # fmt: skip
+            with tracing.stage_span(
+                f"review {item.flow}", item.traceparent, item.event_id, attributes
+            ) as traceparent:
+                headers = [("sluice.event_id", item.event_id.encode())]
+                if traceparent is not None:
+                    headers.append((tracing.TRACEPARENT, traceparent.encode()))
+                await self.send(
+                    self.reviewed_topic(item.flow), item.event_id.encode(),
+                    self.codec.encode(decision), headers,
+                )  # fmt: skip
         except BaseException:
             await self.redis.delete(deciding)
             raise
         self.state.add_decision(decision)  # the feed reads it back too; the first one stands
         await self.redis.delete(self._claim_key(item.id))
-        log.info(
-            "review.decided",
-            item=item.id,
-            event_id=item.event_id,
-            verdict=verdict,
-            reviewer=reviewer,
-            changed=[c.field for c in diff],
-        )
+        found = tracing.parse(traceparent)
+        with structlog.contextvars.bound_contextvars(
+            topic=item.where.topic, partition=item.where.partition, offset=item.where.offset,
+            trace_id=found[0] if found else None,
+        ):  # fmt: skip
+            notify(
+                ReviewDecided(
+                    flow=item.flow,
+                    event_id=item.event_id,
+                    item=item.id,
+                    verdict=verdict,
+                    reviewer=reviewer,
+                    changed=[c.field for c in diff],
+                    seconds_to_decision=round(decision.seconds_to_decision, 3),
+                )
+            )
         return decision
 
     def _claim_key(self, key: str) -> str:

@@ -24,6 +24,7 @@ from schemas.codec import Codec
 from schemas.records import ReviewDecision, Source
 from streams.settings import Settings
 from streams.topics import partitions
+from streams.tracing import traceparent_of
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,8 @@ class Item:
     decision: ReviewDecision | None = None
     source: tuple[str | None, str | None] | None = field(default=None, repr=False)
     """The input event (raw text, readable text) once read: see ``context.source_of``."""
+    traceparent: str | None = None
+    """The review-lane record's W3C traceparent: the decision continues its trace."""
 
     @property
     def event_id(self) -> str:
@@ -100,11 +103,15 @@ class ReviewState:
         self.items: dict[str, Item] = {}
         self._early: dict[str, ReviewDecision] = {}
 
-    def add_item(self, flow: str, where: Source, record: BaseModel) -> Item:
+    def add_item(
+        self, flow: str, where: Source, record: BaseModel, traceparent: str | None = None
+    ) -> Item:
         """Record a review-lane record. Seeing it again (a re-read) changes nothing."""
         key = item_id(flow, where)
         if key not in self.items:
-            self.items[key] = Item(key, flow, where, record, self._early.pop(key, None))
+            self.items[key] = Item(
+                key, flow, where, record, self._early.pop(key, None), traceparent=traceparent
+            )
         return self.items[key]
 
     def add_decision(self, decision: ReviewDecision) -> None:
@@ -185,7 +192,7 @@ class TopicFeed:
             for tp, messages in batches.items():
                 flow, role = self.flow_of[tp.topic]
                 for m in messages:
-                    self._apply(flow, role, m.topic, m.partition, m.offset, m.value)
+                    self._apply(flow, role, m.topic, m.partition, m.offset, m.value, m.headers)
             if not self._caught_up.is_set() and all(
                 [await consumer.position(tp) >= end for tp, end in self._ends.items()]
             ):
@@ -193,8 +200,9 @@ class TopicFeed:
                 log.info("review.caught_up", items=len(self.state.items))
 
     def _apply(
-        self, flow: str, role: str, topic: str, partition: int, offset: int, value: Any
-    ) -> None:
+        self, flow: str, role: str, topic: str, partition: int, offset: int, value: Any,
+        headers: Any = (),
+    ) -> None:  # fmt: skip
         try:
             record = self.codec.decode(value or b"")
         except Exception as exc:  # a record we cannot read is skipped, loudly, never fatal
@@ -203,7 +211,7 @@ class TopicFeed:
             return
         if role == "review":
             where = Source(topic=topic, partition=partition, offset=offset)
-            self.state.add_item(flow, where, record)
+            self.state.add_item(flow, where, record, traceparent_of(tuple(headers or ())))
         elif isinstance(record, ReviewDecision):
             self.state.add_decision(record)
 

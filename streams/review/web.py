@@ -273,6 +273,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
     app.router.add_get("/", queue)
-    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/stats", metrics_page)
     app.router.add_get("/items/{id}", item_page)
     app.router.add_post("/items/{id}/{action}", act)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from agents.observe import BreakerTransition, Fact, add_observer, remove_observer
 from streams import breaker as breaker_module
 from streams.breaker import FLUSH_AT, Breaker, BreakerConfig
 from streams.settings import Settings
@@ -342,3 +343,31 @@ async def test_redis_down_is_not_asked_again_within_refresh_s(
     assert await b.acquire() == (True, "closed")
     assert counts["acquire"] == 1  # a dead Redis must not cost every event a connect timeout
     await dead.aclose()
+
+
+async def test_every_transition_is_reported_as_a_fact(redis: aioredis.Redis, prefix: str) -> None:
+    seen: list[BreakerTransition] = []
+
+    class Collect:
+        def observe(self, fact: Fact) -> None:
+            if isinstance(fact, BreakerTransition):
+                seen.append(fact)
+
+    collect = Collect()
+    add_observer(collect)
+    try:
+        b = breaker(redis, prefix)
+        await calls(b, True, True, True, True)
+        await asyncio.sleep(1.1)
+        assert (await b.acquire())[0]
+        assert (await b.acquire())[0]
+        await calls(b, False, False)
+        await b.force("forced_open", by="ops", reason="test")
+    finally:
+        remove_observer(collect)
+    assert [(f.breaker, f.before, f.after, f.by) for f in seen] == [
+        ("tickets", "closed", "open", None),
+        ("tickets", "open", "half_open", None),
+        ("tickets", "half_open", "closed", None),
+        ("tickets", "closed", "forced_open", "ops"),
+    ]

@@ -90,7 +90,7 @@ async def test_pages_need_a_session_and_forms_need_their_csrf_token(review: str)
     jar = aiohttp.CookieJar(unsafe=True)
     async with aiohttp.ClientSession(cookie_jar=jar) as http:
         # No session: every page sends you to log in; every form post is refused.
-        for path in ("/", "/metrics", "/items/tickets-0-0"):
+        for path in ("/", "/stats", "/items/tickets-0-0"):
             async with http.get(review + path, allow_redirects=False) as r:
                 assert (r.status, r.headers["Location"]) == (303, "/login")
         async with http.post(review + "/items/x/approve", data={"csrf": "x"}) as r:

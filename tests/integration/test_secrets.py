@@ -5,6 +5,10 @@ marker API key, on tickets that carry marker "secrets" in every place input can 
 body, an invalid field, an over-long body, a bad document path, broken JSON. Then every log line
 and every output record, headers included, is searched for the markers. The one place input
 bytes may appear is a dead letter's ``original_value`` (the event itself, for redrive).
+
+A second run uses a key that has no known credential shape (so only the registry of configured
+secrets can catch it) and a provider that quotes the key back in its 401 error: the key must be
+scrubbed from the dead letter's message and stack trace, the headers and every log line.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
-from agents.testing.fault_server import answer_marker
+from agents.testing.fault_server import answer_marker, fault_marker
 from schemas import codec
 from schemas.records import DeadLetter
 from streams.lanes import collect, end_offsets, lane_topics
@@ -108,3 +112,46 @@ async def read_all(settings: Settings, topics: list[str]) -> list[ConsumerRecord
         return out
     finally:
         await consumer.stop()
+
+
+#: Not ``sk-``-shaped: only the registry of configured secrets knows it is one.
+PLAIN_KEY = "plain-MARKERPLAIN-key-91c2"
+CONFIGURED = "conf-MARKERCONF-5a7e"
+
+
+async def test_a_key_the_provider_echoes_is_scrubbed_everywhere(
+    isolated: Isolated, fault_server: str, tmp_path: Path
+) -> None:
+    s = isolated.settings
+    env = fake_model_env(
+        isolated.env, fault_server, OPENAI_API_KEY=PLAIN_KEY, SLUICE_SECRETS=CONFIGURED,
+        SLUICE_LOG_LEVEL="debug", SLUICE_LOG_PROMPTS="full",
+    )  # fmt: skip
+    start = {tp: 0 for tp in await end_offsets(s, list(lane_topics(s)))}
+    worker = start_worker(env, tmp_path / "worker.log")
+    body = f"Please help, my token is {CONFIGURED}. {fault_marker('401_echo')}"
+    try:
+        sent = await send_values(
+            s.bootstrap_servers,
+            s.topics.tickets_received,
+            [json.dumps({"ticket_id": "E-1", "body": body}).encode()],
+        )
+        tally = await collect(s, start, set(sent), timeout_s=60)
+    finally:
+        stop(worker)
+    assert tally.seen() == set(sent), worker.log_tail()
+    (letter,) = tally.lanes["deadletter"].values()
+    assert isinstance(letter, DeadLetter)
+    assert letter.reason == "config_error"
+    assert "incorrect API key provided: Bearer [REDACTED]" in letter.error_message  # scrubbed, kept
+    log = worker.log.read_text(errors="replace")
+    assert "Please help, my token is [REDACTED]" in log  # the prompt is logged (full), scrubbed
+    assert '"event": "llm.call"' in log
+    assert '"event": "event.deadlettered"' in log
+    for marker in (PLAIN_KEY, "MARKERPLAIN", CONFIGURED):
+        assert marker not in log, [line[:300] for line in log.splitlines() if marker in line]
+    for message in await read_all(s, list(lane_topics(s))):
+        fields = codec.decode(message.value or b"").model_dump(mode="json")
+        fields.pop("original_value", None)  # the event itself, kept for redrive
+        text = repr(fields) + repr(message.headers)
+        assert not [m for m in (PLAIN_KEY, "MARKERPLAIN", CONFIGURED) if m in text], message.topic

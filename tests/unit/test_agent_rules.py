@@ -144,8 +144,11 @@ class FakeLLM:
         *,
         max_tokens: int,
         validate: Validator | None = None,
+        prompt_version: str | None = None,
     ) -> Completion[Any]:
-        self.calls.append({"messages": messages, "max_tokens": max_tokens})
+        self.calls.append(
+            {"messages": messages, "max_tokens": max_tokens, "prompt_version": prompt_version}
+        )
         value = response_model.model_validate(self.answer.model_dump())
         problems = validate(value) if validate else []
         return Completion(value, value.model_dump_json(), USAGE, 0, problems, [])

@@ -39,6 +39,7 @@ def test_worker_uses_the_same_variable_names() -> None:
     env = COMPOSE["services"]["worker"]["environment"]
     known = {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"}
     known.add("SCHEMA_REGISTRY_URL")
+    known.add("OTEL_EXPORTER_OTLP_ENDPOINT")  # the OpenTelemetry SDK's own variable
     known |= {f"SLUICE_{n.upper()}" for n in Settings.model_fields}
     assert set(env) <= known, set(env) - known
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:29092"

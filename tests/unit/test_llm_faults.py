@@ -460,7 +460,12 @@ async def test_logs_and_errors_never_carry_the_messages(
             errors.append(err.value)
         await llm.close()
     assert [a.outcome for a in c.usage.per_attempt] == ["server_error", "invalid_json", "ok"]
-    assert {e["event"] for e in logs} >= {"llm.provider", "llm.retry", "llm.call", "llm.reask"}
+    assert {e["event"] for e in logs} >= {
+        "llm.provider",
+        "llm.retry",
+        "llm.call",
+        "validation.failed",
+    }
     assert secret not in repr(logs)
     assert [secret in str(e) for e in errors] == [False] * 4
 
