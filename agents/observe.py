@@ -140,7 +140,6 @@ class EventRouted(Fact):
     self_rated: float | None = None
     logprob: float | None = None
     validation: float | None = None
-    method: str | None = None
     threshold: float | None = None
     copies: int = 0
 

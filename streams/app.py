@@ -157,7 +157,7 @@ def observing(stage: str, flow: str, meta: Meta) -> Iterator[tuple[EventScope, M
     with tracing.stage_span(f"process {meta.topic}", carried, event_id, attributes) as traceparent:
         found = tracing.parse(traceparent)
         trace_id = found[0] if found else None
-        if traceparent is not None:
+        if traceparent is not None and traceparent != carried:  # ours, or a minted one
             meta = replace(meta, headers=tracing.with_traceparent(meta.headers, traceparent))
         with (
             structlog.contextvars.bound_contextvars(trace_id=trace_id),

@@ -8,8 +8,8 @@ calls :func:`install` at start-up and :func:`start` once its event loop runs.
 from __future__ import annotations
 
 import atexit
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -42,7 +42,6 @@ class Endpoint:
     runner: web.AppRunner | None
     probe: serve.LagProbe | None
     health: serve.Health
-    extra: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
 
     async def stop(self) -> None:
         """Stop serving and probing."""

@@ -391,6 +391,23 @@ def _step(stage: str, line: dict[str, Any], roles: dict[str, str] | None = None)
     )
 
 
+#: The fields of a review decision, an effect and a dead letter that tell their stage's part.
+FACT_KEYS: dict[str, tuple[str, ...]] = {
+    "review-decision": (
+        "verdict", "reviewer", "corrections", "changes", "comment", "seconds_to_decision",
+        "decided_at", "model_confidence", "decision_id", "item", "flow",
+    ),
+    "effect": (
+        "tool", "status", "idempotency_key", "attempts", "latency_ms", "reconciled", "error",
+        "reason", "source", "flow", "applied_at",
+    ),
+    "deadletter": (
+        "flow", "reason", "error_class", "error_message", "attempts", "retriable", "source",
+        "failed_at", "original_size", "original_truncated",
+    ),
+}  # fmt: skip
+
+
 def _facts(
     stage: str, r: dict[str, Any], headers: dict[str, str], roles: dict[str, str]
 ) -> dict[str, Any]:
@@ -415,49 +432,10 @@ def _facts(
         if lineage:
             facts["lineage"] = lineage
         return facts
-    if stage == "review-decision":
-        keys: tuple[str, ...] = (
-            "verdict",
-            "reviewer",
-            "corrections",
-            "changes",
-            "comment",
-            "seconds_to_decision",
-            "decided_at",
-            "model_confidence",
-            "decision_id",
-            "item",
-            "flow",
-        )
-        return {k: r.get(k) for k in keys}
-    if stage == "effect":
-        keys = (
-            "tool",
-            "status",
-            "idempotency_key",
-            "attempts",
-            "latency_ms",
-            "reconciled",
-            "error",
-            "reason",
-            "source",
-            "flow",
-            "applied_at",
-        )
-        return {k: r.get(k) for k in keys}
+    if stage in ("review-decision", "effect"):
+        return {k: r.get(k) for k in FACT_KEYS[stage]}
     if stage == "deadletter":
-        keys = (
-            "flow",
-            "reason",
-            "error_class",
-            "error_message",
-            "attempts",
-            "retriable",
-            "source",
-            "failed_at",
-            "original_size",
-            "original_truncated",
-        )
+        keys = FACT_KEYS[stage]
         facts = {k: r.get(k) for k in keys}
         source = (r.get("source") or {}).get("topic")
         inferred = {"received": "worker", "auto": "executor", "reviewed": "executor"}

@@ -121,13 +121,11 @@ def with_traceparent(
     return (*kept, (TRACEPARENT, traceparent.encode()))
 
 
-def _parent(traceparent: str | None, event_id: str | None) -> otel_context.Context | None:
-    carried = traceparent if parse(traceparent) else None
-    if carried is None and not _enabled and event_id:
-        carried = minted(event_id)
-    if carried is None:
+def _parent(traceparent: str | None) -> otel_context.Context | None:
+    """The consumed record's trace context, or None to start a new trace."""
+    if parse(traceparent) is None:
         return None
-    return _PROPAGATOR.extract({TRACEPARENT: carried})
+    return _PROPAGATOR.extract({TRACEPARENT: traceparent})
 
 
 @contextlib.contextmanager
@@ -144,7 +142,7 @@ def stage_span(
         yield traceparent if parse(traceparent) else (minted(event_id) if event_id else None)
         return
     tracer = trace.get_tracer(_TRACER_NAME)
-    parent = _parent(traceparent, event_id)
+    parent = _parent(traceparent)
     with tracer.start_as_current_span(
         name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes
     ):
