@@ -76,8 +76,8 @@ bench: setup up ## codec (Avro vs JSON), throughput/latency: raw aiokafka loop v
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.review_rebuild
 
-eval: setup ## agent quality on the labeled samples (evals/): valid rate, field accuracy, latency, tokens
-	$(BIN)/python -m benchmarks.agents_eval
+eval: setup up ## the golden sets through sluice replay on the configured model, scored by sluice eval (report in .local/eval/)
+	BIN=$(BIN) bash benchmarks/golden_eval.sh
 
 soak: setup up ## 500 events through a worker on the local model; worker RSS must stay flat
 	$(BIN)/python -m benchmarks.soak --events $${SOAK_EVENTS:-500}

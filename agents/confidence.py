@@ -8,7 +8,8 @@ of the value and renormalise over the labels, so probability mass on tokens that
 use the geometric mean probability of the value's tokens.
 
 The routed score combines the signals (see :func:`combine`); every component is kept in the output
-record so evals can judge each one on its own.
+record so evals can judge each one on its own. Where a calibration was fitted for the prompt and
+model (:mod:`agents.calibration`), the routed score is its calibrated probability instead.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from schemas.records import Confidence
+
+if TYPE_CHECKING:
+    from agents.calibration import Calibration
 
 #: Weight of the measured (logprob) signal against the self-rated one when both exist.
 LOGPROB_WEIGHT = 0.7
@@ -33,6 +38,8 @@ METHOD = (
     f"or validation * self_rated without logprobs; validation = {REASK_FACTOR}^reasks, "
     f"* {ISSUES_FACTOR} if issues remain"
 )
+#: How ``Confidence.method`` starts when the score is a calibration's output, not :data:`METHOD`.
+CALIBRATED = "calibrated "
 
 
 @dataclass(frozen=True)
@@ -119,20 +126,47 @@ def clamp(value: float) -> float:
     return min(1.0, max(0.0, value)) if math.isfinite(value) else 0.0
 
 
-def combine(
-    self_rated: float, logprob: float | None, *, reasks: int, issues: int = 0
-) -> Confidence:
-    """One routed score from the signals; see :data:`METHOD`."""
+def base_score(self_rated: float, logprob: float | None, validation: float) -> float:
+    """The hand-weighted score of :data:`METHOD` from its signals, rounded as it is recorded.
+
+    Kept apart from :func:`combine` so a calibrated record's raw score can be recomputed from the
+    signals it keeps (:func:`agents.calibration.raw_score`).
+    """
     rated = clamp(self_rated)
+    base = (
+        rated if logprob is None else LOGPROB_WEIGHT * clamp(logprob) + (1 - LOGPROB_WEIGHT) * rated
+    )
+    return round(clamp(validation * base), 6)
+
+
+def combine(
+    self_rated: float,
+    logprob: float | None,
+    *,
+    reasks: int,
+    issues: int = 0,
+    calibration: Calibration | None = None,
+) -> Confidence:
+    """One routed score from the signals; see :data:`METHOD`.
+
+    With a ``calibration``, ``score`` is its probability that the answer is right and ``method``
+    names it (``calibrated <prompt> v<N> (...) over <METHOD>``); the signals stay raw, so the
+    record can still be judged, or fitted on again, signal by signal.
+    """
     validation = REASK_FACTOR**reasks * (ISSUES_FACTOR if issues else 1.0)
-    if logprob is None:
-        base = rated
-    else:
-        base = LOGPROB_WEIGHT * clamp(logprob) + (1 - LOGPROB_WEIGHT) * rated
-    return Confidence(
-        score=round(clamp(validation * base), 6),
-        self_rated=rated,
+    raw = Confidence(
+        score=base_score(self_rated, logprob, validation),
+        self_rated=clamp(self_rated),
         logprob=None if logprob is None else round(clamp(logprob), 6),
         validation=round(validation, 6),
         method=METHOD,
+    )
+    if calibration is None:
+        return raw
+    return Confidence(
+        score=round(calibration.apply(raw), 6),
+        self_rated=raw.self_rated,
+        logprob=raw.logprob,
+        validation=raw.validation,
+        method=f"{CALIBRATED}{calibration.describe()} over {METHOD}",
     )

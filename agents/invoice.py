@@ -26,6 +26,7 @@ import pycountry
 from pydantic import BaseModel, Field, WithJsonSchema, field_validator
 
 from agents.base import AgentResult
+from agents.calibration import Calibration, check_calibration
 from agents.confidence import combine, value_probability
 from agents.documents import Document, load
 from agents.llm import Completion, LLMClient
@@ -214,11 +215,15 @@ class InvoiceExtractionAgent:
         llm: LLMClient,
         document_dir: Path | None = None,
         prompt_version: str = PROMPT_VERSION,
+        *,
+        calibration: Calibration | None = None,
     ) -> None:
         self.llm = llm
         self.document_dir = document_dir
         self.prompt_version = prompt_version
         self.system_prompt = load_prompt(prompt_version)
+        #: Maps the routed score to P(extraction is right); None routes on the hand-weighted score.
+        self.calibration = check_calibration(calibration, prompt_version)
 
     async def run(self, event: DocumentReceived) -> AgentResult[Extraction]:
         """The :class:`~agents.base.Agent` interface: :meth:`extract` as an AgentResult."""
@@ -258,8 +263,14 @@ class InvoiceExtractionAgent:
         known = [p for p in key if p is not None]
         # Flags do not lower the score: they say what a person must do, not that the reading is
         # doubtful. They route the record to review on their own.
+        # Only the routed score is calibrated: field_confidence stays per-field measurement, as the
+        # calibration was fitted on whether the whole extraction was right.
         confidence = combine(
-            a.confidence, min(known) if known else None, reasks=c.reasks, issues=len(c.issues)
+            a.confidence,
+            min(known) if known else None,
+            reasks=c.reasks,
+            issues=len(c.issues),
+            calibration=self.calibration,
         )
         return Extraction(
             answer=a,

@@ -9,6 +9,19 @@ from __future__ import annotations
 
 from importlib import resources
 
+from schemas.errors import ConfigError
+
+
+def prompt_versions() -> list[str]:
+    """Every prompt version shipped, e.g. ``ticket_triage.v3``."""
+    folder = resources.files("agents").joinpath("prompts")
+    return sorted(p.name[:-3] for p in folder.iterdir() if p.name.endswith(".md"))
+
 
 def load_prompt(version: str) -> str:
-    return resources.files("agents").joinpath("prompts", f"{version}.md").read_text("utf-8")
+    """The text of prompt ``version``; a version that does not exist is a configuration error
+    (a typo in ``SLUICE_PROMPT_VERSIONS`` or ``--prompt-version`` must not start a worker)."""
+    path = resources.files("agents").joinpath("prompts", f"{version}.md")
+    if "/" in version or not path.is_file():
+        raise ConfigError(f"no prompt {version!r}; shipped: {', '.join(prompt_versions())}")
+    return path.read_text("utf-8")

@@ -13,6 +13,7 @@ from typing import get_args
 from pydantic import BaseModel, Field
 
 from agents.base import AgentResult
+from agents.calibration import Calibration, check_calibration
 from agents.confidence import clamp, combine, label_probability
 from agents.llm import Completion, LLMClient
 from agents.prompt import load_prompt
@@ -124,10 +125,18 @@ class TicketTriageAgent:
     name = AGENT_NAME
     version = AGENT_VERSION
 
-    def __init__(self, llm: LLMClient, prompt_version: str = PROMPT_VERSION) -> None:
+    def __init__(
+        self,
+        llm: LLMClient,
+        prompt_version: str = PROMPT_VERSION,
+        *,
+        calibration: Calibration | None = None,
+    ) -> None:
         self.llm = llm
         self.prompt_version = prompt_version
         self.system_prompt = load_prompt(prompt_version)
+        #: Maps the routed score to P(triage is right); None routes on the hand-weighted score.
+        self.calibration = check_calibration(calibration, prompt_version)
 
     async def run(self, event: TicketReceived) -> AgentResult[Triage]:
         """The :class:`~agents.base.Agent` interface: :meth:`triage` as an AgentResult."""
@@ -165,7 +174,11 @@ class TicketTriageAgent:
             min(measured) if measured else None,
             reasks=c.reasks,
             issues=len(c.issues),
+            calibration=self.calibration,
         )
+        # Per-action confidences are not calibrated: the calibration was fitted on whether the
+        # whole triage was right, not on whether each proposed action was, so its map says nothing
+        # about an action's own rating. They scale by the raw validation factor, as before.
         team_p = label_probability(c.logprobs, "team", a.team, get_args(Team))
         actions = []
         seen = set()

@@ -5,19 +5,18 @@ sees a PDF or a plain-text email rendered from it here, in one of three layouts 
 document id, with wording, date and number formats that vary by template and by the vendor's
 country, so a score measures reading invoices rather than memorising one format.
 
+An answer key may carry an optional ``render`` object: how the document looks, never what is
+scored. ``country`` (ISO 3166 alpha-2) picks the language, number and date formats (without it the
+original rules apply: German for a GmbH invoicing in EUR, dates by currency); ``kind`` is
+``"invoice"`` or ``"credit_note"``; ``tax_line: false`` prints no tax line (the tax is then 0);
+``references`` are extra header fields such as a customer or order number, and ``notes`` extra
+lines under the totals (a reverse-charge remark, an exchange-rate note). Long invoices break over
+pages with the column headings repeated and page numbers in the footer.
+
 Rendering is deterministic (fixed PDF creation date, no randomness): the same answer key always
 gives the same bytes, so eval runs are comparable and results can be cached by content.
 
-Ticket labels in ``tickets.jsonl`` follow these rules, so each label can be argued from the text:
-
-* category is the main problem; team follows category (billing -> billing, technical ->
-  tech_support, account -> account_security, shipping -> logistics, other -> customer_success).
-* priority: urgent for a security incident, a large wrong debit (over 1,000 in any currency), a
-  legal or chargeback threat, or a complete outage for a business customer; high when the customer
-  is blocked from core use or was charged wrongly; medium when degraded with a workaround or a
-  delivery is late; low for questions, requests, feedback and praise.
-* requires_human: true for urgent tickets, legal or chargeback threats, security incidents,
-  refunds over 100 in any currency, and tickets raising two problems; false otherwise.
+How both sets are labelled, the tag vocabulary and how to add an item: ``evals/LABELLING.md``.
 """
 
 from __future__ import annotations
@@ -41,6 +40,12 @@ HERE = Path(__file__).parent
 BILL_TO = "Harbor Lane Retail Ltd, 14 Quay Street, Bristol BS1 4DJ, United Kingdom"
 
 _CENT = Decimal("0.01")
+
+#: Currencies without minor units print no decimals (the answer key still writes "12500.00").
+_MINOR_UNITS = {"JPY": 0, "KRW": 0, "ISK": 0}
+
+#: A table longer than this gets page numbers: it may run over a page.
+_NUMBERED_ROWS = 20
 
 _MONTHS_EN = (
     "January",
@@ -100,30 +105,82 @@ def _is_german(inv: dict[str, Any]) -> bool:
     return bool(inv["vendor_name"].endswith("GmbH") and inv["currency"] == "EUR")
 
 
-def _money(value: str, style: str) -> str:
-    """Format a decimal string: ``plain`` 1234.50, ``grouped`` 1,234.50, ``de`` 1.234,50."""
-    amount = Decimal(value).quantize(_CENT, rounding=ROUND_HALF_UP)
-    if style == "plain":
-        return f"{amount:.2f}"
-    grouped = f"{amount:,.2f}"
-    if style == "de":
-        return grouped.replace(",", "_").replace(".", ",").replace("_", ".")
-    return grouped
+@dataclass(frozen=True)
+class Locale:
+    """How a vendor's country writes an invoice: language, number and date formats."""
+
+    language: str
+    """``en``, ``de``, ``fr`` or ``nl``: the wording of labels, headings and terms."""
+    thousands: str
+    decimal: str
+    dates: str
+    """``us`` (May 3, 2024), ``uk`` (3 May 2024), ``dots`` (03.05.2024), ``slashes``
+    (03/05/2024, day first), ``dashes`` (03-05-2024) or ``ymd`` (2024/05/03)."""
+    currency: str
+    """The country's own currency: an invoice in another one is a multi-currency case."""
+    tax_word: str
+    """What an English-language invoice calls the tax."""
 
 
-def _quantity(value: str, german: bool) -> str:
-    text = format(Decimal(value).normalize(), "f")
-    return text.replace(".", ",") if german else text
+_COUNTRIES: dict[str, Locale] = {
+    "US": Locale("en", ",", ".", "us", "USD", "Sales tax"),
+    "GB": Locale("en", ",", ".", "uk", "GBP", "VAT"),
+    "IE": Locale("en", ",", ".", "uk", "EUR", "VAT"),
+    "DE": Locale("de", ".", ",", "dots", "EUR", "MwSt."),
+    "AT": Locale("de", ".", ",", "dots", "EUR", "USt."),
+    "FR": Locale("fr", " ", ",", "slashes", "EUR", "TVA"),
+    "NL": Locale("nl", ".", ",", "dashes", "EUR", "BTW"),
+    "ES": Locale("en", ".", ",", "slashes", "EUR", "IVA"),
+    "IT": Locale("en", ".", ",", "slashes", "EUR", "IVA"),
+    "PT": Locale("en", ".", ",", "slashes", "EUR", "IVA"),
+    "SE": Locale("en", " ", ",", "dots", "SEK", "Moms"),
+    "CH": Locale("en", "'", ".", "dots", "CHF", "MWST/VAT"),
+    "JP": Locale("en", ",", ".", "ymd", "JPY", "Consumption tax"),
+}
+
+#: Countries a ``render.country`` may name.
+COUNTRIES = frozenset(_COUNTRIES)
 
 
-def _date(value: str, inv: dict[str, Any]) -> str:
+def vendor_locale(inv: dict[str, Any]) -> Locale:
+    """The locale a document is printed in: ``render.country`` if given, else the original rules
+    (a GmbH invoicing in EUR writes German; otherwise English, dates by currency)."""
+    country = (inv.get("render") or {}).get("country")
+    if country is not None:
+        return _COUNTRIES[country]
+    cur = inv["currency"]
+    if _is_german(inv):
+        return Locale("de", ".", ",", "dots", cur, "MwSt.")
+    dates = {"USD": "us", "GBP": "uk"}.get(cur, "dots")
+    return Locale(
+        "en", ",", ".", dates, cur, {"USD": "Sales tax", "CHF": "MWST/VAT"}.get(cur, "VAT")
+    )
+
+
+def _money(value: str, loc: Locale, grouped: bool, currency: str) -> str:
+    """A decimal string as the locale prints it: 1234.50, 1,234.50, 1.234,50, 1 234,50, 1'234.50;
+    no decimals for currencies without minor units (JPY 12,500)."""
+    places = _MINOR_UNITS.get(currency, 2)
+    amount = Decimal(value).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    text = f"{amount:,.{places}f}" if grouped else f"{amount:.{places}f}"
+    return text.translate(str.maketrans(",.", loc.thousands + loc.decimal))
+
+
+def _quantity(value: str, loc: Locale) -> str:
+    return format(Decimal(value).normalize(), "f").replace(".", loc.decimal)
+
+
+def _date(value: str, loc: Locale) -> str:
     """A date written the way the vendor's country writes it, so ISO is never handed over."""
     d = date.fromisoformat(value)
-    if inv["currency"] == "USD":
+    if loc.dates == "us":
         return f"{_MONTHS_EN[d.month - 1]} {d.day}, {d.year}"
-    if inv["currency"] == "GBP":
+    if loc.dates == "uk":
         return f"{d.day} {_MONTHS_EN[d.month - 1]} {d.year}"
-    return f"{d.day:02d}.{d.month:02d}.{d.year}"
+    if loc.dates == "ymd":
+        return f"{d.year}/{d.month:02d}/{d.day:02d}"
+    sep = {"dots": ".", "slashes": "/", "dashes": "-"}[loc.dates]
+    return f"{d.day:02d}{sep}{d.month:02d}{sep}{d.year}"
 
 
 def _tax_rate(subtotal: str, tax: str) -> str:
@@ -132,7 +189,7 @@ def _tax_rate(subtotal: str, tax: str) -> str:
     The answer key stores amounts only; invoices print a rate, so recover the one the vendor used.
     """
     sub, due = Decimal(subtotal), Decimal(tax)
-    if sub == 0:
+    if sub == 0 or due == 0:
         return "0"
     for places in range(4):
         step = Decimal(1).scaleb(-places)
@@ -143,6 +200,115 @@ def _tax_rate(subtotal: str, tax: str) -> str:
 
 
 @dataclass(frozen=True)
+class _Words:
+    """The fixed wording of a language other than English (English has three templates)."""
+
+    title: str
+    credit_title: str
+    number: str
+    credit_number: str
+    issued: str
+    credit_issued: str
+    due: str
+    bill_to: str
+    sender: str
+    continued: str
+    page: str
+    columns: tuple[str, str, str, str]
+    subtotal: str
+    tax: str
+    """With ``{rate}``."""
+    total: str
+    credit_total: str
+    paid: str
+    terms: str
+    """With ``{days}``."""
+    credit_terms: str
+
+
+_WORDS = {
+    "de": _Words(
+        title="RECHNUNG",
+        credit_title="GUTSCHRIFT",
+        number="Rechnung Nr.",
+        credit_number="Gutschrift Nr.",
+        issued="Rechnungsdatum",
+        credit_issued="Datum",
+        due="Fällig am",
+        bill_to="Rechnungsempfänger",
+        sender="Von:",
+        continued="Fortsetzung",
+        page="Seite",
+        columns=("Beschreibung", "Menge", "Einzelpreis", "Betrag"),
+        subtotal="Nettobetrag",
+        tax="zzgl. MwSt. {rate} %",
+        total="Rechnungsbetrag",
+        credit_total="Gutschriftsbetrag",
+        paid="Betrag dankend per Karte erhalten.",
+        terms="Zahlbar innerhalb von {days} Tagen ohne Abzug. Bitte Rechnungsnummer angeben.",
+        credit_terms="Der Betrag wird mit Ihrer nächsten Rechnung verrechnet.",
+    ),
+    "fr": _Words(
+        title="FACTURE",
+        credit_title="AVOIR",
+        number="Facture n°",
+        credit_number="Avoir n°",
+        issued="Date de facture",
+        credit_issued="Date de l'avoir",
+        due="Date d'échéance",
+        bill_to="Client",
+        sender="De :",
+        continued="suite",
+        page="Page",
+        columns=("Désignation", "Qté", "Prix unit. HT", "Montant HT"),
+        subtotal="Total HT",
+        tax="TVA {rate} %",
+        total="Total TTC",
+        credit_total="Total TTC de l'avoir",
+        paid="Facture acquittée par carte bancaire le jour de la commande.",
+        terms="Paiement à {days} jours date de facture, par virement. Merci de rappeler le numéro "
+        "de facture.",
+        credit_terms="Cet avoir sera déduit de votre prochaine facture.",
+    ),
+    "nl": _Words(
+        title="FACTUUR",
+        credit_title="CREDITNOTA",
+        number="Factuurnummer",
+        credit_number="Creditnotanummer",
+        issued="Factuurdatum",
+        credit_issued="Datum",
+        due="Vervaldatum",
+        bill_to="Factuuradres",
+        sender="Van:",
+        continued="vervolg",
+        page="Pagina",
+        columns=("Omschrijving", "Aantal", "Prijs", "Bedrag"),
+        subtotal="Subtotaal",
+        tax="BTW {rate}%",
+        total="Totaal te betalen",
+        credit_total="Totaal gecrediteerd",
+        paid="Reeds voldaan per pinbetaling, er staat niets meer open.",
+        terms="Gelieve binnen {days} dagen te betalen onder vermelding van het factuurnummer.",
+        credit_terms="Dit bedrag wordt verrekend met uw volgende factuur.",
+    ),
+}
+
+#: English headings per template: (title, number label, total label), per kind of document.
+_EN_HEADINGS = {
+    "invoice": (
+        ("INVOICE", "Invoice No.", "Total"),
+        ("TAX INVOICE", "Invoice #", "Amount due"),
+        ("Invoice", "Invoice number", "Total due"),
+    ),
+    "credit_note": (
+        ("CREDIT NOTE", "Credit note No.", "Total credit"),
+        ("CREDIT NOTE", "Credit note #", "Amount credited"),
+        ("Credit note", "Credit note number", "Total credit"),
+    ),
+}
+
+
+@dataclass(frozen=True)
 class _Sheet:
     """Everything printed on one invoice, already worded and formatted for its template.
 
@@ -150,33 +316,60 @@ class _Sheet:
     """
 
     template: int
-    german: bool
+    language: str
+    credit: bool
     vendor: str
     title: str
-    number: tuple[str, str]
+    number: tuple[str, str] | None
+    """Absent when the document prints no invoice number."""
     issued: tuple[str, str]
     due: tuple[str, str] | None
-    """Absent when the invoice was paid on the spot: no due date is printed at all."""
+    """Absent when the invoice was paid on the spot or is a credit note: no due date is printed."""
+    references: list[tuple[str, str]]
     bill_to: tuple[str, str]
     columns: tuple[str, str, str, str]
     rows: list[tuple[str, str, str, str]]
     totals: list[tuple[str, str]]
+    notes: list[str]
     terms: str
+    sender: str
+    continued: str
+    page: str
+
+    @property
+    def heading(self) -> str:
+        """The title with the number after it, as a heading or a PDF's document title."""
+        return self.title if self.number is None else f"{self.title} {self.number[1]}"
+
+    @property
+    def dates(self) -> list[tuple[str, str]]:
+        """The date fields and the extra references, in print order."""
+        return [self.issued, *([self.due] if self.due else []), *self.references]
 
     @property
     def meta(self) -> list[tuple[str, str]]:
         """The header fields as (label, value), in print order."""
-        return [self.number, self.issued, *([self.due] if self.due else []), self.bill_to]
+        return [*([self.number] if self.number else []), *self.dates, self.bill_to]
 
 
-def _terms(inv: dict[str, Any], german: bool, template: int) -> str:
+def _terms(inv: dict[str, Any], loc: Locale, template: int, credit: bool) -> str:
+    if loc.language != "en":
+        words = _WORDS[loc.language]
+        if credit:
+            return words.credit_terms
+        if inv["due_date"] is None:
+            return words.paid
+        days = (date.fromisoformat(inv["due_date"]) - date.fromisoformat(inv["issue_date"])).days
+        return words.terms.format(days=days)
+    if credit:
+        return (
+            "This credit will be offset against your next invoice.",
+            "The credited amount will be refunded to your original payment method within 10 days.",
+            "Please deduct this credit from your next payment to us.",
+        )[template]
     if inv["due_date"] is None:
-        if german:
-            return "Betrag dankend per Karte erhalten."
         return "Paid by card at the time of order - thank you. No balance outstanding."
     days = (date.fromisoformat(inv["due_date"]) - date.fromisoformat(inv["issue_date"])).days
-    if german:
-        return f"Zahlbar innerhalb von {days} Tagen ohne Abzug. Bitte Rechnungsnummer angeben."
     return (
         f"Payment terms: Net {days}. Please quote the invoice number with your payment.",
         f"Terms: payment within {days} days of the invoice date by bank transfer.",
@@ -186,63 +379,92 @@ def _terms(inv: dict[str, Any], german: bool, template: int) -> str:
 
 def _sheet(inv: dict[str, Any]) -> _Sheet:
     template = _template(inv["document_id"])
-    german = _is_german(inv)
-    style = "de" if german else ("grouped" if template == 1 else "plain")
+    loc = vendor_locale(inv)
+    opts: dict[str, Any] = inv.get("render") or {}
+    kind = opts.get("kind", "invoice")
+    if kind not in _EN_HEADINGS:
+        raise ValueError(f"{inv['document_id']}: unknown render.kind {kind!r}")
+    credit = kind == "credit_note"
+    tax_line = opts.get("tax_line", True)
+    if not tax_line and Decimal(inv["tax"]) != 0:
+        raise ValueError(f"{inv['document_id']}: tax_line false needs tax 0.00")
     cur = inv["currency"]
-    rate = _tax_rate(inv["subtotal"], inv["tax"])
-    issued = _date(inv["issue_date"], inv)
-    due = None if inv["due_date"] is None else _date(inv["due_date"], inv)
+    # Comma decimals always group (1.234,50); dot decimals group in one English template only.
+    grouped = template == 1 or loc.thousands != ","
+
+    def money(value: str) -> str:
+        return _money(value, loc, grouped, cur)
+
+    def amount(value: str) -> str:
+        return f"{cur} {money(value)}" if loc.language == "en" else f"{money(value)} {cur}"
+
+    rate = _tax_rate(inv["subtotal"], inv["tax"]).replace(".", loc.decimal)
+    issued = _date(inv["issue_date"], loc)
+    due = None if inv["due_date"] is None else _date(inv["due_date"], loc)
     number = inv["invoice_number"]
-    paid = due is None
-    if german:
-        title = "RECHNUNG"
-        labels = ("Rechnung Nr.", "Rechnungsdatum", "Fällig am", "Rechnungsempfänger")
-        columns = ("Beschreibung", "Menge", "Einzelpreis", "Betrag")
-        totals = [
-            ("Nettobetrag", f"{_money(inv['subtotal'], style)} EUR"),
-            (f"zzgl. MwSt. {rate.replace('.', ',')} %", f"{_money(inv['tax'], style)} EUR"),
-            ("Rechnungsbetrag", f"{_money(inv['total'], style)} EUR"),
-        ]
-    else:
-        tax_word = {"USD": "Sales tax", "CHF": "MWST/VAT"}.get(cur, "VAT")
-        title, number_label, total_label = (
-            ("INVOICE", "Invoice No.", "Total"),
-            ("TAX INVOICE", "Invoice #", "Amount due"),
-            ("Invoice", "Invoice number", "Total due"),
-        )[template]
-        labels = (number_label, "Date" if template == 2 else "Invoice date", "Due date", "Bill to")
+    paid = due is None and not credit
+    if loc.language == "en":
+        title, number_label, total_label = _EN_HEADINGS[kind][template]
+        date_label = "Date" if template == 2 or credit else "Invoice date"
+        labels = (number_label, date_label, "Due date", "Bill to")
         columns = (
             ("Description", "Qty", "Unit price", "Amount"),
             ("Item", "Quantity", "Rate", "Line total"),
             ("Service / product", "Units", "Price", "Net"),
         )[template]
         totals = [
-            ("Subtotal", f"{cur} {_money(inv['subtotal'], style)}"),
-            (f"{tax_word} ({rate}%)", f"{cur} {_money(inv['tax'], style)}"),
-            ("Total paid" if paid else total_label, f"{cur} {_money(inv['total'], style)}"),
+            ("Subtotal", amount(inv["subtotal"])),
+            (f"{loc.tax_word} ({rate}%)", amount(inv["tax"])),
+            ("Total paid" if paid else total_label, amount(inv["total"])),
         ]
+        sender, continued, page = "From:", "continued", "Page"
+    else:
+        w = _WORDS[loc.language]
+        title = w.credit_title if credit else w.title
+        labels = (
+            w.credit_number if credit else w.number,
+            w.credit_issued if credit else w.issued,
+            w.due,
+            w.bill_to,
+        )
+        columns = w.columns
+        totals = [
+            (w.subtotal, amount(inv["subtotal"])),
+            (w.tax.format(rate=rate), amount(inv["tax"])),
+            (w.credit_total if credit else w.total, amount(inv["total"])),
+        ]
+        sender, continued, page = w.sender, w.continued, w.page
+    if not tax_line:
+        # No tax on the page at all: one English template still prints the net subtotal.
+        totals = [totals[0], totals[2]] if loc.language == "en" and template != 0 else totals[2:]
     rows = [
         (
             item["description"],
-            _quantity(item["quantity"], german),
-            _money(item["unit_price"], style),
-            _money(item["amount"], style),
+            _quantity(item["quantity"], loc),
+            money(item["unit_price"]),
+            money(item["amount"]),
         )
         for item in inv["line_items"]
     ]
     return _Sheet(
         template=template,
-        german=german,
+        language=loc.language,
+        credit=credit,
         vendor=inv["vendor_name"],
         title=title,
-        number=(labels[0], number),
+        number=None if number is None else (labels[0], number),
         issued=(labels[1], issued),
         due=None if due is None else (labels[2], due),
+        references=[(str(label), str(value)) for label, value in opts.get("references", [])],
         bill_to=(labels[3], BILL_TO),
         columns=columns,
         rows=rows,
         totals=totals,
-        terms=_terms(inv, german, template),
+        notes=[str(note) for note in opts.get("notes", [])],
+        terms=_terms(inv, loc, template, credit),
+        sender=sender,
+        continued=continued,
+        page=page,
     )
 
 
@@ -269,11 +491,15 @@ def _fixed_table(sheet: _Sheet) -> list[str]:
 def render_text(inv: dict[str, Any]) -> str:
     """The invoice as a plain-text email body, in one of three layouts picked by document id."""
     s = _sheet(inv)
-    if s.template == 1 and not s.german:
+    notes = [*s.notes, ""] if s.notes else []
+    if s.template == 1 and s.language == "en":
+        what = "credit note" if s.credit else "invoice"
+        number = f" {s.number[1]}" if s.number else ""
         lines = [
             "Dear customer,",
             "",
-            f"please find below our invoice {s.number[1]} from {s.vendor}, issued {s.issued[1]}.",
+            f"please find below our {what}{number} from {s.vendor}, issued {s.issued[1]}.",
+            *(f"{label}: {value}" for label, value in s.references),
             f"Billed to: {BILL_TO}",
             "",
             "| " + " | ".join(s.columns) + " |",
@@ -283,14 +509,16 @@ def render_text(inv: dict[str, Any]) -> str:
             *(f"{label}: {value}" for label, value in s.totals),
             *([f"{s.due[0]}: {s.due[1]}"] if s.due else []),
             "",
+            *notes,
             s.terms,
             "",
             "Kind regards,",
             f"{s.vendor} - accounts team",
         ]
-    elif s.template == 2 and not s.german:
+    elif s.template == 2 and s.language == "en":
         lines = [
             s.vendor,
+            *([s.title] if s.credit else []),
             " | ".join(f"{label} {value}" for label, value in s.meta[:-1]),
             f"{s.bill_to[0]}: {s.bill_to[1]}",
             "",
@@ -301,6 +529,7 @@ def render_text(inv: dict[str, Any]) -> str:
             "",
             *(f"{label.upper()}  {value}" for label, value in s.totals),
             "",
+            *notes,
             s.terms,
         ]
     else:
@@ -308,11 +537,12 @@ def render_text(inv: dict[str, Any]) -> str:
         lines = [
             s.title,
             "",
-            f"{'Von:' if s.german else 'From:':<{width}}{s.vendor}",
+            f"{s.sender:<{width}}{s.vendor}",
             *(f"{label + ':':<{width}}{value}" for label, value in s.meta),
             "",
             *_fixed_table(s),
             "",
+            *notes,
             s.terms,
         ]
     return "\n".join(lines) + "\n"
@@ -328,21 +558,41 @@ def _latin1(text: str) -> str:
 class _Pdf(FPDF):
     """An FPDF that writes whole lines of latin-1-safe text, the unit every template uses."""
 
+    #: "Page" in the document's language when pages are numbered; None prints no footer.
+    page_word: str | None = None
+
     def text_line(self, text: str, size: float = 10, style: str = "", align: str = "L") -> None:
         self.set_font("Helvetica", style=style, size=size)
         self.cell(0, size * 0.55, _latin1(text), align=align, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+
+    def footer(self) -> None:
+        if self.page_word is None:
+            return
+        self.set_y(-12)
+        self.set_font("Helvetica", size=8)
+        self.cell(0, 5, f"{_latin1(self.page_word)} {self.page_no()}/{{nb}}", align="C")
 
 
 def _pdf_table(pdf: _Pdf, s: _Sheet) -> None:
     widths = (95.0, 20.0, 35.0, 40.0)
     aligns = ("L", "R", "R", "R")
-    pdf.set_font("Helvetica", style="B", size=9)
-    pdf.set_fill_color(225, 225, 225)
-    for text, w, align in zip(s.columns, widths, aligns, strict=True):
-        pdf.cell(w, 7, _latin1(text), border="B", align=align, fill=s.template != 2)
-    pdf.ln(7)
-    pdf.set_font("Helvetica", size=9)
+
+    def column_headings() -> None:
+        pdf.set_font("Helvetica", style="B", size=9)
+        pdf.set_fill_color(225, 225, 225)
+        for text, w, align in zip(s.columns, widths, aligns, strict=True):
+            pdf.cell(w, 7, _latin1(text), border="B", align=align, fill=s.template != 2)
+        pdf.ln(7)
+        pdf.set_font("Helvetica", size=9)
+
+    column_headings()
     for row in s.rows:
+        if pdf.will_page_break(6):
+            # A row never splits from its page's headings: new page, who and what, headings again.
+            pdf.add_page()
+            pdf.text_line(f"{s.vendor} - {s.heading} ({s.continued})", size=9, style="I")
+            pdf.ln(2)
+            column_headings()
         for text, w, align in zip(row, widths, aligns, strict=True):
             pdf.cell(w, 6, _latin1(text), border="B" if s.template == 1 else 0, align=align)
         pdf.ln(6)
@@ -356,21 +606,24 @@ def _pdf_table(pdf: _Pdf, s: _Sheet) -> None:
 
 
 def render_pdf(inv: dict[str, Any]) -> bytes:
-    """The invoice as a one-page PDF with a real text layer, as a vendor's billing system makes.
+    """The invoice as a PDF with a real text layer, as a vendor's billing system makes.
 
     Helvetica is a PDF core font, so nothing is embedded and pypdf can extract the text; the cost
     is that core fonts only cover latin-1, hence the stand-ins. The creation date is the issue date
-    so the output is byte-for-byte repeatable.
+    so the output is byte-for-byte repeatable. Short invoices fit one page; a long one runs over
+    as many as it needs, numbered.
     """
     s = _sheet(inv)
     pdf = _Pdf(format="A4")
+    if len(s.rows) > _NUMBERED_ROWS:
+        pdf.page_word = s.page
     pdf.set_creation_date(datetime.fromisoformat(inv["issue_date"]).replace(tzinfo=UTC))
-    pdf.set_title(_latin1(f"{s.title} {inv['invoice_number']}"))
+    pdf.set_title(_latin1(s.heading))
     pdf.set_author(_latin1(s.vendor))
     pdf.set_margins(10, 12, 10)
     pdf.set_auto_page_break(auto=True, margin=15)
     pdf.add_page()
-    if s.template == 0 or s.german:
+    if s.template == 0 or s.language != "en":
         pdf.text_line(s.vendor, size=16, style="B")
         pdf.text_line(s.title, size=12, style="B", align="R")
         pdf.ln(4)
@@ -391,10 +644,17 @@ def render_pdf(inv: dict[str, Any]) -> bytes:
         pdf.text_line(f"{s.bill_to[0]}:", size=9, style="B")
         pdf.text_line(s.bill_to[1], size=9)
         pdf.ln(4)
-        pdf.text_line(f"{s.title} {s.number[1]}", size=15, style="B")
-        pdf.text_line("    ".join(f"{label}: {value}" for label, value in s.meta[1:-1]))
+        pdf.text_line(s.heading, size=15, style="B")
+        pdf.text_line("    ".join(f"{label}: {value}" for label, value in s.dates[:2]))
+        if s.dates[2:]:
+            pdf.text_line("    ".join(f"{label}: {value}" for label, value in s.dates[2:]))
     pdf.ln(6)
     _pdf_table(pdf, s)
+    pdf.set_font("Helvetica", size=9)
+    if s.notes:
+        pdf.ln(4)
+        for note in s.notes:
+            pdf.multi_cell(0, 5, _latin1(note), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.ln(8)
     pdf.set_font("Helvetica", size=9)
     pdf.multi_cell(0, 5, _latin1(s.terms))

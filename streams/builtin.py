@@ -12,9 +12,12 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 
 from agents.base import AgentResult
+from agents.calibration import Calibration, load_calibration
 from agents.invoice import CENT, Extraction, InvoiceExtractionAgent
+from agents.invoice import PROMPT_VERSION as INVOICE_PROMPT
 from agents.tools import Action
 from agents.tools import Source as DecisionSource
+from agents.triage import PROMPT_VERSION as TRIAGE_PROMPT
 from agents.triage import TicketTriageAgent, Triage
 from schemas.events import DocumentReceived, TicketReceived
 from schemas.records import InvoiceExtracted, LineItem, TicketTriaged
@@ -96,12 +99,23 @@ def invoice_record(
     )
 
 
+def calibration_for(rt: Runtime, prompt_version: str) -> Calibration | None:
+    """The calibration shipped next to ``prompt_version`` for the model in use (``sluice
+    calibrate`` writes it), unless ``SLUICE_CALIBRATION=off``. Without one, the flow routes on
+    the hand-weighted score."""
+    if rt.settings.calibration == "off":
+        return None
+    return load_calibration(prompt_version, rt.llm.model)
+
+
 def tickets_flow(rt: Runtime) -> Flow[TicketReceived, Triage]:
     """Ticket triage on the runtime's LLM client."""
+    version = rt.settings.prompt_versions.get("tickets", TRIAGE_PROMPT)
+    agent = TicketTriageAgent(rt.llm, version, calibration=calibration_for(rt, version))
     return Flow(
         "tickets",
         TicketReceived,
-        TicketTriageAgent(rt.llm),
+        agent,
         ticket_record,
         unanswered=ticket_unanswered,
     )
@@ -109,7 +123,10 @@ def tickets_flow(rt: Runtime) -> Flow[TicketReceived, Triage]:
 
 def invoices_flow(rt: Runtime) -> Flow[DocumentReceived, Extraction]:
     """Invoice extraction on the runtime's LLM client; documents by path from document_dir."""
-    agent = InvoiceExtractionAgent(rt.llm, rt.settings.document_dir)
+    version = rt.settings.prompt_versions.get("invoices", INVOICE_PROMPT)
+    agent = InvoiceExtractionAgent(
+        rt.llm, rt.settings.document_dir, version, calibration=calibration_for(rt, version)
+    )
     return Flow("invoices", DocumentReceived, agent, invoice_record)
 
 

@@ -1,5 +1,5 @@
 """The ``sluice`` command: worker, executor, review, topics, produce, consume, trace, schemas,
-demo."""
+demo, replay, eval, calibrate."""
 
 from __future__ import annotations
 
@@ -437,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     from streams.review.cli import run as cmd_review
 
     add_review(sub)
+    from streams.evalcli import add_parsers as add_eval
+    from streams.evalcli import cmd_calibrate, cmd_eval, cmd_replay
+
+    add_eval(sub)
     args = parser.parse_args(argv)
     commands = {
         "review": cmd_review,
@@ -451,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         "consume": cmd_consume,
         "schemas": cmd_schemas,
         "demo": cmd_demo,
+        "replay": cmd_replay,
+        "eval": cmd_eval,
+        "calibrate": cmd_calibrate,
     }
     try:
         return commands[args.command](Settings().register_secrets(), args)

@@ -46,7 +46,7 @@ from schemas.records import DeadLetter
 from streams.compose import breaker_for
 from streams.meta import ATTEMPT_HEADER, EVENT_ID_HEADER, FROM_HEADER, ORIGIN_HEADER
 from streams.settings import Settings
-from streams.topics import partitions
+from streams.topics import read_to_end
 
 LINEAGE_HEADERS = (EVENT_ID_HEADER, ATTEMPT_HEADER, ORIGIN_HEADER, FROM_HEADER)
 MARKER_TTL_S = 30 * 24 * 3600
@@ -148,33 +148,11 @@ class Filter:
 
 async def read_letters(settings: Settings, codec: Codec, wanted: Filter = Filter()) -> list[Letter]:
     """Every dead letter matching ``wanted``, from the topic's start to its end at call time."""
-    topic = settings.topics.deadletter
-    tps = await partitions(settings, [topic])
-    # "earliest" as the reset policy, not only a seek: see streams.consume for the aiokafka race.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    await consumer.start()
     letters: list[Letter] = []
-    try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        left = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
-        while left:
-            batches = await consumer.getmany(*left, timeout_ms=1000)
-            for tp, messages in batches.items():
-                for m in messages:
-                    if m.offset >= ends[tp]:
-                        continue
-                    letter = _letter(m, codec)
-                    if wanted.matches(letter):
-                        letters.append(letter)
-            left = {tp for tp in left if await consumer.position(tp) < ends[tp]}
-    finally:
-        await consumer.stop()
+    async for m in read_to_end(settings, [settings.topics.deadletter]):
+        letter = _letter(m, codec)
+        if wanted.matches(letter):
+            letters.append(letter)
     return sorted(letters, key=lambda x: (x.partition, x.offset))
 
 

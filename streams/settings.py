@@ -118,6 +118,13 @@ class Settings(BaseSettings):
     topic_overrides: dict[str, str] = Field(default_factory=dict)
     """JSON: a flow topic's default name → the name to use, e.g.
     {"tickets.received": "support.tickets.v1"} (the suffix is still appended)."""
+    prompt_versions: dict[str, str] = Field(default_factory=dict)
+    """JSON: flow → the prompt version its agent uses, e.g. {"tickets": "ticket_triage.v2"}; a
+    flow not named uses its agent's current version. Pins a rollback, or a replay's candidate."""
+    calibration: Literal["on", "off"] = "on"
+    """``on``: an agent whose prompt has a fitted calibration for the model in use
+    (``agents/prompts/<version>.calibration.json``, written by ``sluice calibrate``) routes on the
+    calibrated probability; ``off``: on the hand-weighted score."""
     max_message_bytes: int = Field(1_048_576, ge=65_536, le=100 * 1_048_576)
     """Largest Kafka message Sluice reads or writes, in bytes: sets the consumer's fetch sizes, the
     producer's max_request_size, the max.message.bytes of topics Sluice creates, and the largest

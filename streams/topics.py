@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
@@ -106,3 +107,29 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
         return wanted
     finally:
         await admin.close()
+
+
+async def read_to_end(settings: Settings, topics: list[str]) -> AsyncIterator[Any]:
+    """Every record of ``topics`` from the start to where each partition ends at call time (no
+    consumer group, nothing committed): for the commands that read a topic whole."""
+    tps = await partitions(settings, topics)
+    # "earliest" as the reset policy, not only a seek: see streams.consume for the aiokafka race.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        left = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        while left:
+            for tp, messages in (await consumer.getmany(*left, timeout_ms=1000)).items():
+                for m in messages:
+                    if m.offset < ends[tp]:
+                        yield m
+            left = {tp for tp in left if await consumer.position(tp) < ends[tp]}
+    finally:
+        await consumer.stop()
