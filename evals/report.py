@@ -6,7 +6,7 @@ is documented in ``evals/FORMATS.md`` section 3) into:
 - ``index.html`` — self-contained (inline CSS, no scripts), images referenced relatively;
 - ``report.md`` — GitHub-flavoured Markdown with the same content and image links;
 - ``summary.json`` — the summaries as given, indented;
-- PNG plots per flow, each written only when there is data to draw:
+- PNG plots per flow (:mod:`evals.plots`), each written only when there is data to draw:
   ``<flow>-reliability.png``, ``<flow>-precision-vs-auto-rate.png`` and
   ``<flow>-confusion-<field>.png`` per classified field (``<flow>`` and ``<field>`` reduced to
   file-name-safe characters).
@@ -25,161 +25,40 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import re
 import urllib.parse
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+from evals.formatting import (
+    NA,
+    NOT_MEASURED,
+    _count,
+    _int,
+    _interval,
+    _label,
+    _list,
+    _map,
+    _num,
+    _of,
+    _opt_map,
+    _pct,
+    _plural,
+    _points,
+    _score,
+    _slug,
+    _unique,
+    _value,
+    _yes_no,
+)
+from evals.plots import _draw, _Plots
 
 __all__ = ["MAX_ROWS", "write_report"]
 
 #: Longest list (flipped answers, lane changes) shown in full; the rest are counted.
 MAX_ROWS = 50
-#: Plots are rendered at this resolution and these sizes (inches), so their pixel size is fixed.
-DPI = 100
-RELIABILITY_SIZE = (6.4, 6.4)
-CURVE_SIZE = (6.4, 4.8)
-CONFUSION_SIZE = (7.2, 6.4)
-#: Longest data string shown in a table cell or on a plot axis before it is cut.
-MAX_TEXT = 200
-MAX_TICK_LABEL = 20
-
-NA = "n/a"
-NOT_MEASURED = "not measured"
-
-# Colour-blind safe (Okabe-Ito).
-_BLUE, _ORANGE, _GREEN, _RED, _GREY = "#0072B2", "#E69F00", "#009E73", "#D55E00", "#888888"
-
-
-# -- reading the summary: tolerant of nulls, missing keys and odd types --------------------------
-
-
-def _opt_map(value: Any) -> Mapping[str, Any] | None:
-    return value if isinstance(value, Mapping) else None
-
-
-def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return list(value)
-    return []
-
-
-def _num(value: Any) -> float | None:
-    """A finite number, or None (bools, strings and NaN are not numbers here)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _int(value: Any) -> int | None:
-    number = _num(value)
-    return int(number) if number is not None and number == int(number) else None
-
-
-# -- formatting -----------------------------------------------------------------------------------
-
-
-def _pct(value: Any) -> str:
-    """A rate in [0, 1] as a percentage with one decimal: ``0.9333`` -> ``93.3%``."""
-    number = _num(value)
-    return NA if number is None else f"{number * 100:.1f}%"
-
-
-def _score(value: Any) -> str:
-    """ECE, AUROC or a threshold with three decimals."""
-    number = _num(value)
-    return NA if number is None else f"{number:.3f}"
-
-
-def _points(value: Any) -> str:
-    """A difference of two rates in percentage points, signed: ``-0.02`` -> ``-2.0 pp``."""
-    number = _num(value)
-    if number is None:
-        return NA
-    shown = round(number * 100, 1)
-    return f"{0.0 if shown == 0 else shown:+.1f} pp"  # no "-0.0"
-
-
-def _count(value: Any) -> str:
-    number = _int(value)
-    if number is not None:
-        return str(number)
-    other = _num(value)
-    return NA if other is None else f"{other:g}"
-
-
-def _interval(value: Any) -> str:
-    """A 95 % interval of a rate: ``68.0%–88.0%``."""
-    bounds = _list(value)
-    if len(bounds) != 2 or _num(bounds[0]) is None or _num(bounds[1]) is None:
-        return NA
-    return f"{_pct(bounds[0])}–{_pct(bounds[1])}"
-
-
-def _of(part: Any, whole: Any) -> str:
-    """``(3 of 55)``, or nothing when either count is unknown."""
-    if _int(part) is None or _int(whole) is None:
-        return ""
-    return f" ({_count(part)} of {_count(whole)})"
-
-
-def _cut(text: str, limit: int = MAX_TEXT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _label(value: Any) -> str:
-    """A name from the data (flow, event id, label): strings as they are, null as n/a."""
-    if value is None:
-        return NA
-    if isinstance(value, str):
-        return _cut(value)
-    return _value(value)
-
-
-def _value(value: Any) -> str:
-    """A field's value: strings as they are, anything else as JSON (so null reads ``null``)."""
-    if isinstance(value, str):
-        return _cut(value)
-    try:
-        text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-    except ValueError:  # a circular structure
-        text = repr(value)
-    return _cut(text)
-
-
-def _yes_no(value: Any) -> str:
-    return "yes" if value is True else "no" if value is False else NA
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _slug(text: str, fallback: str) -> str:
-    """A file-name-safe form of ``text``: no separators, no leading dot, bounded length."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:60]
-    return slug or fallback
-
-
-def _unique(slug: str, taken: set[str]) -> str:
-    candidate, n = slug, 1
-    while candidate.lower() in taken:  # case-insensitive file systems
-        n += 1
-        candidate = f"{slug}-{n}"
-    taken.add(candidate.lower())
-    return candidate
 
 
 # -- the document: blocks rendered both to HTML and to Markdown ---------------------------------
@@ -604,13 +483,6 @@ def _run_line(summary: Mapping[str, Any]) -> str:
     )
 
 
-@dataclass(frozen=True)
-class _Plots:
-    reliability: str | None
-    curve: str | None
-    confusion: Mapping[str, str]
-
-
 def _flow_blocks(summary: Mapping[str, Any], anchor: str, plots: _Plots) -> list[_Block]:
     return [
         _Heading(2, f"Flow: {_label(summary.get('flow'))}", anchor),
@@ -756,242 +628,7 @@ def _to_html(title: str, blocks: Iterable[_Block]) -> str:
     return "\n".join(out) + "\n"
 
 
-# -- plots ----------------------------------------------------------------------------------------
-
-
-def _figure(size: tuple[float, float]) -> Figure:
-    # matplotlib.figure.Figure without pyplot: no global figure registry, no interactive backend;
-    # savefig to a .png renders with Agg.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=size, dpi=DPI)
-
-
-def _save(fig: Figure, path: Path) -> None:
-    with warnings.catch_warnings():
-        # A label in a script DejaVu Sans lacks draws as boxes; that is no reason to warn.
-        warnings.filterwarnings(
-            "ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning
-        )
-        fig.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
-    fig.clear()
-
-
-def _title(ax: Axes, text: str) -> None:
-    ax.set_title(_cut(text, 70), fontsize=11, parse_math=False)
-
-
-def _bins(part: Mapping[str, Any] | None) -> list[tuple[float, float, int, float, float]]:
-    """(low, high, count, mean confidence, accuracy) of the non-empty, well-formed bins."""
-    out = []
-    for item in _list(_map(part).get("bins")):
-        item = _map(item)
-        values = [_num(item.get(key)) for key in ("low", "high", "confidence", "accuracy")]
-        n = _int(item.get("count"))
-        low, high, confidence, accuracy = values
-        if not n or n <= 0 or low is None or high is None or high <= low:
-            continue
-        if confidence is not None and accuracy is not None:
-            out.append((low, high, n, confidence, accuracy))
-    return out
-
-
-def _plot_reliability(calibration: Mapping[str, Any] | None, flow: str, path: Path) -> bool:
-    if calibration is None:
-        return False
-    raw = _opt_map(calibration.get("raw"))
-    calibrated = _opt_map(calibration.get("calibrated"))
-    series = [
-        (name, part, _bins(part), colour)
-        for name, part, colour in (("raw", raw, _BLUE), ("calibrated", calibrated, _ORANGE))
-        if part is not None
-    ]
-    drawn = [s for s in series if s[2]]
-    if not drawn:
-        return False
-    fig = _figure(RELIABILITY_SIZE)
-    grid = fig.add_gridspec(
-        2, 1, height_ratios=(3, 1), hspace=0.06, left=0.12, right=0.97, top=0.93, bottom=0.09
-    )
-    ax = fig.add_subplot(grid[0])
-    bars = fig.add_subplot(grid[1], sharex=ax)
-    ax.plot([0, 1], [0, 1], linestyle="--", color=_GREY, linewidth=1, label="perfect calibration")
-    for name, part, bins, colour in series:
-        label = f"{name} (ECE {_score(_map(part).get('ece'))})"
-        if not bins:  # an ECE without bins: in the legend only
-            ax.plot([], [], linestyle="none", label=f"{label}, no bins")
-            continue
-        ax.plot(
-            [b[3] for b in bins], [b[4] for b in bins],
-            marker="o", color=colour, linewidth=1.5, label=label,
-        )  # fmt: skip
-        share = 1 / len(drawn)
-        slot = [s[0] for s in drawn].index(name)
-        lefts = [b[0] + (b[1] - b[0]) * share * slot for b in bins]
-        widths = [(b[1] - b[0]) * share * 0.9 for b in bins]
-        rects = bars.bar(
-            lefts, [b[2] for b in bins], width=widths, align="edge", color=colour, alpha=0.8
-        )
-        if len(bins) <= 20:
-            bars.bar_label(rects, labels=[str(b[2]) for b in bins], fontsize=6, padding=1)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (share correct)")
-    ax.tick_params(labelbottom=False)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    _title(ax, f"{flow}: reliability")
-    top = max(b[2] for s in drawn for b in s[2])
-    bars.set_ylim(0, top * 1.3)
-    bars.set_xlabel("confidence (bin mean)")
-    bars.set_ylabel("events")
-    _save(fig, path)
-    return True
-
-
-def _plot_curve(lanes: Mapping[str, Any] | None, flow: str, path: Path) -> bool:
-    if lanes is None:
-        return False
-    from matplotlib.ticker import PercentFormatter
-
-    curve_points: list[tuple[float, float, float | None, float | None]] = []
-    for item in _list(lanes.get("curve")):
-        item = _map(item)
-        rate, precision = _num(item.get("auto_rate")), _num(item.get("auto_precision"))
-        if rate is not None and precision is not None:
-            curve_points.append(
-                (rate, precision, _num(item.get("lower")), _num(item.get("threshold")))
-            )
-    if not curve_points:
-        return False
-    curve_points.sort(key=lambda p: (p[0], -(p[3] or 0.0)))
-    fig = _figure(CURVE_SIZE)
-    fig.subplots_adjust(left=0.12, right=0.97, top=0.92, bottom=0.11)
-    ax = fig.add_subplot()
-    ax.plot(
-        [p[0] for p in curve_points], [p[1] for p in curve_points],
-        marker=".", color=_BLUE, linewidth=1.5, label="auto precision",
-    )  # fmt: skip
-    lower = [(p[0], p[2]) for p in curve_points if p[2] is not None]
-    if lower:
-        ax.plot(
-            [p[0] for p in lower], [p[1] for p in lower],
-            linestyle="--", color=_BLUE, alpha=0.6, label="lower bound (95% Wilson)",
-        )  # fmt: skip
-    step = max(1, math.ceil(len(curve_points) / 6))
-    for rate, precision, _, threshold in curve_points[::step]:
-        if threshold is not None:
-            ax.annotate(
-                f"{threshold:.2f}", (rate, precision), textcoords="offset points",
-                xytext=(-24 if rate > 0.9 else 3, 4), fontsize=7, color=_GREY,
-            )  # fmt: skip
-    lows = [p[1] for p in curve_points] + [p[1] for p in lower]
-    target = _num(lanes.get("target_precision"))
-    if target is not None:
-        ax.axhline(
-            target, color=_GREEN, linestyle=":", linewidth=1.5, label=f"target {_pct(target)}"
-        )
-        lows.append(target)
-    marks = (
-        ("current threshold", lanes, _RED, "o"),
-        ("threshold for target", _opt_map(lanes.get("for_target")), _ORANGE, "s"),
-    )
-    for name, lane, colour, marker in marks:
-        if lane is None:
-            continue
-        rate, precision = _num(lane.get("auto_rate")), _num(lane.get("auto_precision"))
-        label = f"{name} {_score(lane.get('threshold'))}"
-        if rate is not None and precision is not None:
-            ax.plot(
-                [rate], [precision], marker=marker, markersize=10, markerfacecolor="none",
-                markeredgewidth=2, color=colour, linestyle="none", label=label,
-            )  # fmt: skip
-        elif rate is not None:
-            ax.axvline(rate, color=colour, linestyle="-.", linewidth=1, label=f"{label} (no auto)")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(max(0.0, min(lows) - 0.05), 1.02)
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_xlabel("auto rate (share of scored events sent to auto)")
-    ax.set_ylabel("auto-lane precision")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    _title(ax, f"{flow}: precision vs auto rate (labels: thresholds)")
-    _save(fig, path)
-    return True
-
-
-def _plot_confusion(spec: Mapping[str, Any], flow: str, name: str, path: Path) -> bool:
-    labels = [_label(label) for label in _list(spec.get("labels"))]
-    matrix = [
-        [max(0, _int(cell) or 0) for cell in _list(row)] for row in _list(spec.get("confusion"))
-    ]
-    size = max([len(labels), len(matrix), *(len(row) for row in matrix)])
-    grid = [[0] * size for _ in range(size)]
-    for i, row in enumerate(matrix):
-        for j, cell in enumerate(row):
-            grid[i][j] = cell
-    total = sum(map(sum, grid))
-    if size == 0 or total == 0:
-        return False
-    names = [_cut(label, MAX_TICK_LABEL) for label in labels]
-    names += [f"#{i}" for i in range(len(names), size)]  # cells beyond the labels given
-    fig = _figure(CONFUSION_SIZE)
-    fig.subplots_adjust(left=0.24, right=0.96, top=0.92, bottom=0.24)
-    ax = fig.add_subplot()
-    image = ax.imshow(grid, cmap="Blues", vmin=0, interpolation="nearest", aspect="auto")
-    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03)
-    fontsize = max(4.0, min(9.0, 180 / size))
-    ax.set_xticks(
-        range(size), labels=names, rotation=45, ha="right", rotation_mode="anchor",
-        fontsize=fontsize, parse_math=False,
-    )  # fmt: skip
-    ax.set_yticks(range(size), labels=names, fontsize=fontsize, parse_math=False)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if size <= 30:
-        peak = max(map(max, grid))
-        for i in range(size):
-            for j in range(size):
-                ax.text(
-                    j, i, str(grid[i][j]), ha="center", va="center", fontsize=fontsize,
-                    color="white" if grid[i][j] > peak / 2 else "black",
-                )  # fmt: skip
-    _title(ax, f"{flow}: {name} (true vs predicted, n={total})")
-    _save(fig, path)
-    return True
-
-
 # -- the entry point ------------------------------------------------------------------------------
-
-
-def _draw(
-    directory: Path, summary: Mapping[str, Any], slug: str, flow: str
-) -> _Plots:  # fmt: skip
-    """Draw the flow's plots; a plot with nothing to draw is skipped and an old file of that name
-    (from an earlier report in the same directory) is removed, so the directory matches the page.
-    """
-
-    def keep(drawn: bool, file: str) -> str | None:
-        if not drawn:
-            (directory / file).unlink(missing_ok=True)
-            return None
-        return file
-
-    file = f"{slug}-reliability.png"
-    reliability = keep(
-        _plot_reliability(_opt_map(summary.get("calibration")), flow, directory / file), file
-    )
-    file = f"{slug}-precision-vs-auto-rate.png"
-    curve = keep(_plot_curve(_opt_map(summary.get("lanes")), flow, directory / file), file)
-    confusion: dict[str, str] = {}
-    taken: set[str] = set()
-    for name, spec in _map(summary.get("classes")).items():
-        label = _label(name)
-        file = f"{slug}-confusion-{_unique(_slug(label, 'field'), taken)}.png"
-        if keep(_plot_confusion(_map(spec), flow, label, directory / file), file):
-            confusion[name] = file
-    return _Plots(reliability, curve, confusion)
 
 
 def _jsonable(value: Any) -> Any:

@@ -122,6 +122,14 @@ def decisions(reviewed: list[tuple[Source, Any, bytes]]) -> list[bytes | None]:
     return out
 
 
+def evaluate(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """``sluice eval ARGS --json``: the first flow's summary."""
+    argv = [sys.executable, "-m", "streams.cli", "eval", *args, "--json"]
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)[0]  # type: ignore[no-any-return]
+
+
 def rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -223,6 +231,10 @@ async def test_replay_touches_nothing_live_and_finds_inputs_from_lanes(
         assert sorted(r["event_id"] for r in rows(tmp_path / "rv.jsonl")) == sorted(
             r.event_id for _, r, _ in reviewed
         ), report
+        # The decisions are labels too: the approval as it is, the rejection as wrong.
+        summary = evaluate(env, str(tmp_path / "rv.jsonl"), "--labels", "reviewed")
+        assert summary["run"]["labelled"] == 2, summary["run"]
+        assert summary["calibration"]["positives"] == 1, summary["calibration"]
 
         await asyncio.sleep(3)  # give a wrongly fed executor time to act
         after = (await live_ends(s), await committed(s, s.app_id), await groups(s))

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from evals.gates import check_gate, parse_gate
 from evals.labels import golden_labels, label_row, merge, read_labels, reviewed_labels
 from evals.metrics import threshold_for_precision, wilson
 from evals.scoring import (
@@ -23,7 +24,7 @@ from evals.scoring import (
     same,
     specs_for,
 )
-from evals.summary import check_gate, evaluate, parse_gate
+from evals.summary import evaluate
 
 # --- builders ---
 
