@@ -76,6 +76,7 @@ def add_parsers(sub: Any) -> None:
     _scoring_args(c)
     c.add_argument("--dir", help="where to write it (default: the prompts directory)")
     c.add_argument("--dry-run", action="store_true", help="fit and report; write nothing")
+    c.add_argument("--force", action="store_true", help="save even if it does not lower the ECE")
 
 
 def _scoring_args(p: argparse.ArgumentParser) -> None:
@@ -386,6 +387,7 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     flows = _by_flow(_read_rows(args.run), args.flow)
     labels = _labels(settings, args.labels, list(flows))
     directory = Path(args.dir) if args.dir else None
+    refused = False
     for flow, rows in flows.items():
         with judged_by(flow, _fields(args.correct_fields)):
             pairs, seen = _pairs(rows, labels, flow)
@@ -423,12 +425,19 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
             metrics=metrics,
         )
         where = calibration_path(prompt, directory)
-        if not args.dry_run:
+        worse = metrics["ece_after"] >= metrics["ece_before"]
+        if worse and not args.force:
+            print(f"sluice: {flow}: not saved: the calibration does not lower the cross-validated "
+                  f"ECE ({metrics['ece_before']} → {metrics['ece_after']} on {len(pairs)} "
+                  "answers); --force saves it anyway", file=sys.stderr)  # fmt: skip
+            refused = True
+        elif not args.dry_run:
             where = save_calibration(cal, directory)
+        saved = not (args.dry_run or (worse and not args.force))
         print(json.dumps({"flow": flow, "prompt_version": prompt, "model": model,
                           "version": cal.version, "n": len(pairs), "positives": sum(correct),
-                          **metrics, "path": str(where), "saved": not args.dry_run}))  # fmt: skip
-    return 0
+                          **metrics, "path": str(where), "saved": saved}))  # fmt: skip
+    return 1 if refused else 0
 
 
 def _fields(text: str | None) -> list[str] | None:

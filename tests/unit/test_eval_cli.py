@@ -149,3 +149,22 @@ def test_correct_fields_choose_what_right_means_for_one_run(
 
     assert positives("--correct-fields", "category") == 30
     assert positives() == 0
+
+
+def test_a_calibration_that_does_not_help_is_not_saved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scores that already say what they mean (0.5, and half are right): a fit can only add
+    noise, so it is refused unless forced."""
+    rows = [row(i, 0.5, i % 2 == 0) for i in range(40)]
+    labels = [{"event_id": f"e{i}", "flow": "tickets", "origin": "golden", "verdict": None,
+               "fields": TRUE} for i in range(40)]  # fmt: skip
+    where = tmp_path / "prompts"
+    where.mkdir()
+    argv = ["calibrate", write(tmp_path / "r.jsonl", rows), "--labels",
+            write(tmp_path / "l.jsonl", labels), "--dir", str(where)]  # fmt: skip
+    assert main(argv) == 1
+    assert json.loads(capsys.readouterr().out)["saved"] is False
+    assert not (where / "ticket_triage.v3.calibration.json").exists()
+    assert main([*argv, "--force"]) == 0
+    assert (where / "ticket_triage.v3.calibration.json").exists()
