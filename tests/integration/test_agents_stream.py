@@ -31,9 +31,10 @@ BAD_DOCUMENTS: list[tuple[dict[str, str], str]] = [
 ]
 
 
-#: Kept small for `make test`'s budget: each event costs 1-3 local calls of 1-5 s on 2 cores.
-TICKETS = 6
-INVOICES = 3
+#: Kept small for `make test`'s budget: each event costs 1-3 local calls of 5-40 s on 2 cores
+#: (`make eval` runs the whole golden sets). Two PDFs (one by path) and one text invoice.
+TICKETS = 3
+INVOICES = 2
 #: Dead-letter reasons that mean the model was never reached or refused the request.
 NOT_ANSWERED = {"provider_unavailable", "config_error", "context_exceeded"}
 
@@ -130,6 +131,6 @@ async def test_both_agents_on_the_local_model(isolated: Isolated, tmp_path: Path
                     assert lane == "review"
     for event_id in expected_dl:
         assert any(r.event_id == event_id for r in lanes["deadletter"].values()), event_id
-    # Triage is schema-valid on this model (make eval: 100%): every ticket reaches a result lane.
+    # Triage is schema-valid on this model (golden replay: 21 of 22): every ticket reaches a lane.
     triaged = [r for lane in ("auto", "review") for r in lanes[lane].values()]
     assert sum(isinstance(r, TicketTriaged) for r in triaged) == len(tickets)
