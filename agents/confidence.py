@@ -163,10 +163,9 @@ def combine(
     )
     if calibration is None:
         return raw
-    return Confidence(
-        score=round(calibration.apply(raw), 6),
-        self_rated=raw.self_rated,
-        logprob=raw.logprob,
-        validation=raw.validation,
-        method=f"{CALIBRATED}{calibration.describe()} over {METHOD}",
+    return raw.model_copy(
+        update={
+            "score": round(calibration.apply(raw), 6),
+            "method": f"{CALIBRATED}{calibration.describe()} over {METHOD}",
+        }
     )

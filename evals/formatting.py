@@ -56,13 +56,13 @@ def _int(value: Any) -> int | None:
 # -- formatting -----------------------------------------------------------------------------------
 
 
-def _pct(value: Any) -> str:
+def pct(value: Any) -> str:
     """A rate in [0, 1] as a percentage with one decimal: ``0.9333`` -> ``93.3%``."""
     number = _num(value)
     return NA if number is None else f"{number * 100:.1f}%"
 
 
-def _score(value: Any) -> str:
+def score(value: Any) -> str:
     """ECE, AUROC or a threshold with three decimals."""
     number = _num(value)
     return NA if number is None else f"{number:.3f}"
@@ -90,7 +90,7 @@ def _interval(value: Any) -> str:
     bounds = _list(value)
     if len(bounds) != 2 or _num(bounds[0]) is None or _num(bounds[1]) is None:
         return NA
-    return f"{_pct(bounds[0])}–{_pct(bounds[1])}"
+    return f"{pct(bounds[0])}–{pct(bounds[1])}"
 
 
 def _of(part: Any, whole: Any) -> str:

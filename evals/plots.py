@@ -26,10 +26,10 @@ from evals.formatting import (
     _map,
     _num,
     _opt_map,
-    _pct,
-    _score,
     _slug,
     _unique,
+    pct,
+    score,
 )
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def _plot_reliability(calibration: Mapping[str, Any] | None, flow: str, path: Pa
     bars = fig.add_subplot(grid[1], sharex=ax)
     ax.plot([0, 1], [0, 1], linestyle="--", color=_GREY, linewidth=1, label="perfect calibration")
     for name, part, bins, colour in series:
-        label = f"{name} (ECE {_score(_map(part).get('ece'))})"
+        label = f"{name} (ECE {score(_map(part).get('ece'))})"
         if not bins:  # an ECE without bins: in the legend only
             ax.plot([], [], linestyle="none", label=f"{label}, no bins")
             continue
@@ -187,7 +187,7 @@ def _plot_curve(lanes: Mapping[str, Any] | None, flow: str, path: Path) -> bool:
     target = _num(lanes.get("target_precision"))
     if target is not None:
         ax.axhline(
-            target, color=_GREEN, linestyle=":", linewidth=1.5, label=f"target {_pct(target)}"
+            target, color=_GREEN, linestyle=":", linewidth=1.5, label=f"target {pct(target)}"
         )
         lows.append(target)
     marks = (
@@ -198,7 +198,7 @@ def _plot_curve(lanes: Mapping[str, Any] | None, flow: str, path: Path) -> bool:
         if lane is None:
             continue
         rate, precision = _num(lane.get("auto_rate")), _num(lane.get("auto_precision"))
-        label = f"{name} {_score(lane.get('threshold'))}"
+        label = f"{name} {score(lane.get('threshold'))}"
         if rate is not None and precision is not None:
             ax.plot(
                 [rate], [precision], marker=marker, markersize=10, markerfacecolor="none",

@@ -44,14 +44,14 @@ from evals.formatting import (
     _num,
     _of,
     _opt_map,
-    _pct,
     _plural,
     _points,
-    _score,
     _slug,
     _unique,
     _value,
     _yes_no,
+    pct,
+    score,
 )
 from evals.plots import _draw, _Plots
 
@@ -147,16 +147,16 @@ def _ece_line(calibration: Mapping[str, Any] | None) -> str:
     raw = _map(calibration.get("raw"))
     calibrated = _opt_map(calibration.get("calibrated"))
     if calibrated is None:
-        return f"{_score(raw.get('ece'))} (not calibrated)"
+        return f"{score(raw.get('ece'))} (not calibrated)"
     how = [str(calibrated["method"])] if isinstance(calibrated.get("method"), str) else []
     if _int(calibrated.get("folds")) is not None:
         how.append(f"{_count(calibrated['folds'])}-fold cross-validated")
     suffix = f" ({', '.join(how)})" if how else ""
-    return f"{_score(raw.get('ece'))} → {_score(calibrated.get('ece'))}{suffix}"
+    return f"{score(raw.get('ece'))} → {score(calibrated.get('ece'))}{suffix}"
 
 
 def _precision_line(lane: Mapping[str, Any]) -> str:
-    precision = _pct(lane.get("auto_precision"))
+    precision = pct(lane.get("auto_precision"))
     if precision == NA:
         return f"{NA} (nothing reaches the threshold)" if _int(lane.get("auto")) == 0 else NA
     ci = _interval(lane.get("auto_precision_interval"))
@@ -172,13 +172,13 @@ def _target_line(lanes: Mapping[str, Any] | None) -> tuple[str, str]:
     target = _num(lanes.get("target_precision"))
     if target is None:
         return "Threshold for target precision", f"{NA} (no target set)"
-    name = f"Threshold for {_pct(target)} precision"
+    name = f"Threshold for {pct(target)} precision"
     found = _opt_map(lanes.get("for_target"))
     if found is None:
         return name, "none reaches it"
     return name, (
-        f"{_score(found.get('threshold'))} (auto rate {_pct(found.get('auto_rate'))}, "
-        f"precision {_pct(found.get('auto_precision'))}, "
+        f"{score(found.get('threshold'))} (auto rate {pct(found.get('auto_rate'))}, "
+        f"precision {pct(found.get('auto_precision'))}, "
         f"95% CI {_interval(found.get('auto_precision_interval'))})"
     )
 
@@ -191,7 +191,7 @@ def _headline(summary: Mapping[str, Any]) -> _Table:
     table = _Table(["Metric", "Value"])
     table.add("Events", _count(run.get("events")))
     table.add("Labelled", _count(run.get("labelled")))
-    rate = _pct(valid.get("rate"))
+    rate = pct(valid.get("rate"))
     table.add(
         "Schema-valid", rate + (_of(valid.get("valid"), valid.get("n")) if rate != NA else "")
     )
@@ -199,8 +199,8 @@ def _headline(summary: Mapping[str, Any]) -> _Table:
         table.add("Auto rate", NOT_MEASURED)
         table.add("Auto precision", NOT_MEASURED)
     else:
-        at = f" at threshold {_score(lanes.get('threshold'))}"
-        auto_rate = _pct(lanes.get("auto_rate"))
+        at = f" at threshold {score(lanes.get('threshold'))}"
+        auto_rate = pct(lanes.get("auto_rate"))
         table.add(
             "Auto rate" + at,
             auto_rate + (_of(lanes.get("auto"), lanes.get("n")) if auto_rate != NA else ""),
@@ -208,7 +208,7 @@ def _headline(summary: Mapping[str, Any]) -> _Table:
         table.add("Auto precision" + at, _precision_line(lanes))
     table.add(*_target_line(lanes))
     raw = _map(_map(calibration).get("raw"))
-    table.add("AUROC", _score(raw.get("auroc")) if calibration is not None else NOT_MEASURED)
+    table.add("AUROC", score(raw.get("auroc")) if calibration is not None else NOT_MEASURED)
     table.add("ECE (raw → calibrated)", _ece_line(calibration))
     table.add("Gates", _gate_verdict(summary), mark="good" if _flow_passed(summary) else "bad")
     return table
@@ -225,7 +225,7 @@ def _fields_blocks(summary: Mapping[str, Any]) -> list[_Block]:
         stats = _map(stats)
         table.add(
             _label(name),
-            _pct(stats.get("accuracy")),
+            pct(stats.get("accuracy")),
             _interval(stats.get("interval")),
             _count(stats.get("correct")),
             _count(stats.get("n")),
@@ -251,8 +251,8 @@ def _classes_blocks(summary: Mapping[str, Any], images: Mapping[str, str]) -> li
                 stats = _map(per_class[label])
                 table.add(
                     _label(label),
-                    _pct(stats.get("precision")),
-                    _pct(stats.get("recall")),
+                    pct(stats.get("precision")),
+                    pct(stats.get("recall")),
                     _count(stats.get("support")),
                 )
             blocks.append(table)
@@ -276,15 +276,15 @@ def _calibration_blocks(summary: Mapping[str, Any], image: str | None) -> list[_
     )
     table = _Table(["Score", "ECE", "AUROC", "Method", "Folds", "Calibration file"])
     raw = _map(calibration.get("raw"))
-    table.add("raw", _score(raw.get("ece")), _score(raw.get("auroc")), NA, NA, NA)
+    table.add("raw", score(raw.get("ece")), score(raw.get("auroc")), NA, NA, NA)
     calibrated = _opt_map(calibration.get("calibrated"))
     if calibrated is None:
         table.add("calibrated", "not calibrated", NA, NA, NA, NA)
     else:
         table.add(
             "calibrated",
-            _score(calibrated.get("ece")),
-            _score(calibrated.get("auroc")),
+            score(calibrated.get("ece")),
+            score(calibrated.get("auroc")),
             _label(calibrated.get("method")),
             _count(calibrated.get("folds")),
             _label(calibrated.get("calibration")),
@@ -303,7 +303,7 @@ def _lanes_blocks(summary: Mapping[str, Any], image: str | None) -> list[_Block]
     if counts:
         table = _Table(["Lane", "Events", "Share"])
         for name, n in counts.items():
-            share = _pct(n / total) if n is not None and total else NA
+            share = pct(n / total) if n is not None and total else NA
             table.add(_label(name), _count(n), share)
         blocks.append(table)
     else:
@@ -314,29 +314,29 @@ def _lanes_blocks(summary: Mapping[str, Any], image: str | None) -> list[_Block]
     table = _Table(["Auto lane", "Threshold", "Auto", "Right", "Auto rate", "Precision", "95% CI"])
     table.add(
         f"current (of {_count(lanes.get('n'))} scored)",
-        _score(lanes.get("threshold")),
+        score(lanes.get("threshold")),
         _count(lanes.get("auto")),
         _count(lanes.get("auto_correct")),
-        _pct(lanes.get("auto_rate")),
-        _pct(lanes.get("auto_precision")),
+        pct(lanes.get("auto_rate")),
+        pct(lanes.get("auto_precision")),
         _interval(lanes.get("auto_precision_interval")),
     )
     target = _num(lanes.get("target_precision"))
     found = _opt_map(lanes.get("for_target"))
     if target is not None and found is None:
-        table.add(f"for {_pct(target)} precision", "none reaches it", NA, NA, NA, NA, NA)
+        table.add(f"for {pct(target)} precision", "none reaches it", NA, NA, NA, NA, NA)
     elif target is not None and found is not None:
         auto, precision = _num(found.get("auto")), _num(found.get("auto_precision"))
         right = _count(found.get("auto_correct"))  # not in sluice.eval/1: derived if missing
         if right == NA and auto is not None and precision is not None:
             right = _count(round(auto * precision))
         table.add(
-            f"for {_pct(target)} precision",
-            _score(found.get("threshold")),
+            f"for {pct(target)} precision",
+            score(found.get("threshold")),
             _count(found.get("auto")),
             right,
-            _pct(found.get("auto_rate")),
-            _pct(found.get("auto_precision")),
+            pct(found.get("auto_rate")),
+            pct(found.get("auto_precision")),
             _interval(found.get("auto_precision_interval")),
         )
     blocks.append(table)
@@ -387,8 +387,8 @@ def _baseline_blocks(summary: Mapping[str, Any]) -> list[_Block]:
         bad = key in regressed
         deltas.add(
             name,
-            _pct(stats.get("baseline")),
-            _pct(stats.get("candidate")),
+            pct(stats.get("baseline")),
+            pct(stats.get("candidate")),
             _points(stats.get("delta")),
             "REGRESSION" if bad else "",
             mark="bad" if bad else None,
@@ -511,11 +511,11 @@ def _overview(summaries: Sequence[Mapping[str, Any]]) -> list[_Block]:
         table.add(
             _label(summary.get("flow")),
             _count(_map(summary.get("run")).get("events")),
-            _pct(_map(summary.get("schema_valid")).get("rate")),
-            _pct(lanes.get("auto_rate")),
-            _pct(lanes.get("auto_precision")),
-            _score(raw.get("auroc")),
-            _score(raw.get("ece")),
+            pct(_map(summary.get("schema_valid")).get("rate")),
+            pct(lanes.get("auto_rate")),
+            pct(lanes.get("auto_precision")),
+            score(raw.get("auroc")),
+            score(raw.get("ece")),
             "PASS" if _flow_passed(summary) else "FAIL",
             mark="good" if _flow_passed(summary) else "bad",
         )

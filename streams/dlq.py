@@ -27,7 +27,6 @@ reported ``source_gone``. Dead letters of a flow whose circuit breaker is open a
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections import Counter
@@ -37,7 +36,7 @@ from datetime import datetime
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
@@ -46,7 +45,7 @@ from schemas.records import DeadLetter
 from streams.compose import breaker_for
 from streams.meta import ATTEMPT_HEADER, EVENT_ID_HEADER, FROM_HEADER, ORIGIN_HEADER
 from streams.settings import Settings
-from streams.topics import read_to_end
+from streams.topics import read_at, read_to_end
 
 LINEAGE_HEADERS = (EVENT_ID_HEADER, ATTEMPT_HEADER, ORIGIN_HEADER, FROM_HEADER)
 MARKER_TTL_S = 30 * 24 * 3600
@@ -334,29 +333,12 @@ class Redriver:
         try:
             for x in letters:
                 s = x.record.source  # type: ignore[union-attr]
-                tp = TopicPartition(s.topic, s.partition)
-                consumer.assign([tp])
-                start = (await consumer.beginning_offsets([tp]))[tp]
-                end = (await consumer.end_offsets([tp]))[tp]
-                if not start <= s.offset < end:
-                    continue
-                consumer.seek(tp, s.offset)
-                async with asyncio.timeout(30):
-                    m = await _first_from(consumer, tp, s.offset)
-                if m.offset == s.offset:  # compaction may have removed it: the next is another
+                m = await read_at(consumer, s.topic, s.partition, s.offset)
+                if m is not None:
                     found[x.coordinates] = (m.key, m.value, list(m.headers or ()))
         finally:
             await consumer.stop()
         return found
-
-
-async def _first_from(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> Any:
-    """The first record at or after ``offset`` (earlier ones are skipped, whatever position an
-    offset reset left the consumer at)."""
-    while True:
-        for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-            if m.offset >= offset:
-                return m
 
 
 def _needs_source(letter: Letter) -> bool:

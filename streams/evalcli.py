@@ -116,15 +116,8 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     """``sluice replay TOPIC``: the report as JSON on stdout; 1 when some records failed."""
     from streams.cli import _when
     from streams.flow import select
-    from streams.replay import (
-        Candidate,
-        FileSink,
-        Range,
-        Replayer,
-        Sink,
-        TopicSink,
-        default_state_path,
-    )
+    from streams.replay import Candidate, Range, Replayer
+    from streams.replaystore import FileSink, Sink, TopicSink, default_state_path
 
     logconfig.configure("warning", settings.log_format)
     specs = select(args.flow)
@@ -244,21 +237,23 @@ async def read_decisions(settings: Settings, flows: list[str]) -> list[dict[str,
 def _calibrate(method: str) -> Any:
     """The cross-validated calibration ``evals.summary.evaluate`` reports as "calibrated"."""
     from agents.calibration import cross_validated
-    from schemas.records import Confidence
 
     def run(
         pairs: list[tuple[dict[str, Any], bool]], folds: int
     ) -> tuple[list[float], dict[str, Any]]:
-        rows = [(_confidence(detail, Confidence), ok) for detail, ok in pairs]
+        rows = [(_confidence(detail), ok) for detail, ok in pairs]
         probabilities = cross_validated(rows, method=method, folds=folds)  # type: ignore[arg-type]
         return probabilities, {"method": method, "folds": folds, "calibration": None}
 
     return run
 
 
-def _confidence(detail: dict[str, Any], model: Any) -> Any:
+def _confidence(detail: dict[str, Any]) -> Any:
+    """A row's ``confidence_detail`` as the record type (absent signals: the score itself)."""
+    from schemas.records import Confidence
+
     score = float(detail.get("score") or 0.0)
-    return model(
+    return Confidence(
         score=score,
         self_rated=float(detail.get("self_rated", score) or 0.0),
         logprob=detail.get("logprob"),
@@ -308,36 +303,30 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(s.get("passed", True) for s in summaries) else 1
 
 
-def _pct(value: Any) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def _num(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def headline(summary: dict[str, Any]) -> str:
     """The few numbers a person reads first, one flow per paragraph."""
+    from evals.formatting import pct, score
+
     run, lanes = summary.get("run") or {}, summary.get("lanes") or {}
     cal = summary.get("calibration") or {}
     raw, calibrated = cal.get("raw") or {}, cal.get("calibrated") or {}
     target = lanes.get("for_target") or {}
     interval = lanes.get("auto_precision_interval")
-    ci = f" [{_pct(interval[0])}, {_pct(interval[1])}]" if interval else ""
+    ci = f" [{pct(interval[0])}, {pct(interval[1])}]" if interval else ""
     lines = [
         f"{summary['flow']}: {run.get('events')} events, {run.get('labelled')} labelled, "
-        f"schema-valid {_pct((summary.get('schema_valid') or {}).get('rate'))}",
-        f"  auto at {lanes.get('threshold')}: rate {_pct(lanes.get('auto_rate'))}, precision "
-        f"{_pct(lanes.get('auto_precision'))}{ci} ({lanes.get('auto_correct')} of "
+        f"schema-valid {pct((summary.get('schema_valid') or {}).get('rate'))}",
+        f"  auto at {lanes.get('threshold')}: rate {pct(lanes.get('auto_rate'))}, precision "
+        f"{pct(lanes.get('auto_precision'))}{ci} ({lanes.get('auto_correct')} of "
         f"{lanes.get('auto')})",
-        f"  threshold for {_pct(lanes.get('target_precision'))} precision: "
+        f"  threshold for {pct(lanes.get('target_precision'))} precision: "
         + (
-            f"{_num(target.get('threshold'))} (auto rate {_pct(target.get('auto_rate'))})"
+            f"{score(target.get('threshold'))} (auto rate {pct(target.get('auto_rate'))})"
             if target
             else "none reaches it"
         ),
-        f"  AUROC {_num(raw.get('auroc'))}; ECE {_num(raw.get('ece'))} raw → "
-        f"{_num(calibrated.get('ece'))} calibrated ({calibrated.get('method', 'n/a')}, "
+        f"  AUROC {score(raw.get('auroc'))}; ECE {score(raw.get('ece'))} raw → "
+        f"{score(calibrated.get('ece'))} calibrated ({calibrated.get('method', 'n/a')}, "
         f"cross-validated)",
     ]
     for gate in summary.get("gates") or []:
@@ -354,7 +343,6 @@ def _pairs(
     from evals.labels import merge
     from evals.scoring import is_correct
     from evals.summary import latest_rows
-    from schemas.records import Confidence
 
     latest, _ = latest_rows(rows, flow)
     by_id = {str(x["event_id"]): x for x in merge(labels) if x.get("flow") == flow}
@@ -363,7 +351,7 @@ def _pairs(
         label, detail = by_id.get(event_id), row.get("confidence_detail")
         if label is None or not isinstance(detail, dict):
             continue  # unlabelled, or a dead letter: no score to calibrate
-        pairs.append((_confidence(detail, Confidence), is_correct(row, label)))
+        pairs.append((_confidence(detail), is_correct(row, label)))
         candidate = row.get("candidate") or {}
         models.add(candidate.get("model"))
         prompts.add(candidate.get("prompt_version"))

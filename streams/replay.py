@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import os
 import signal
 import sys
@@ -35,11 +33,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
 from schemas.codec import Codec
@@ -50,13 +47,14 @@ from streams.flow import ROLES, FlowSpec
 from streams.meta import Meta
 from streams.pipeline import Pipeline
 from streams.policy import routing_policy
+from streams.replaystore import Sink, State
 from streams.settings import Settings
+from streams.topics import partitions, read_at
 from streams.window import AckWindow
 
 log = structlog.get_logger(__name__)
 
 ROW_FORMAT = "sluice.replay/1"
-STATE_FORMAT = "sluice.replay-state/1"
 
 
 @dataclass(frozen=True)
@@ -135,152 +133,6 @@ def kind_of(settings: Settings, topic: str, specs: Iterable[FlowSpec]) -> Kind:
         f"{topic!r} is not an input, lane, reviewed or dead-letter topic of the flows "
         f"{', '.join(s.name for s in specs)} (check --flow, SLUICE_TOPIC_SUFFIX, overrides)"
     )
-
-
-def live_topics(settings: Settings) -> set[str]:
-    """Every topic live traffic uses: replay output must never go to one of them."""
-    return set(settings.topics.all())
-
-
-# --- where rows go ---------------------------------------------------------------------------
-
-
-class Sink(Protocol):
-    """Where replay rows are written; ``flush`` returns once every row so far is durable."""
-
-    async def start(self) -> None: ...
-    async def write(self, row: dict[str, Any]) -> None: ...
-    async def flush(self) -> None: ...
-    async def close(self) -> None: ...
-
-
-class FileSink:
-    """JSON Lines appended to a file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: Any = None
-
-    async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
-
-    async def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-
-    async def flush(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    async def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-
-class TopicSink:
-    """JSON rows to an eval topic (created when missing), keyed by event id."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        if topic in live_topics(settings):
-            raise ConfigError(f"{topic!r} is a live topic; replay writes only to an eval topic")
-        self.settings = settings
-        self.topic = topic
-        self._producer: AIOKafkaProducer | None = None
-        self._sent: list[asyncio.Future[Any]] = []
-
-    async def start(self) -> None:
-        s = self.settings
-        admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
-        await admin.start()
-        try:
-            if self.topic not in set(await admin.list_topics()):
-                await admin.create_topics(
-                    [NewTopic(self.topic, s.topic_partitions, s.topic_replication)]
-                )
-        finally:
-            await admin.close()
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            max_request_size=s.max_message_bytes,
-        )
-        await self._producer.start()
-
-    async def write(self, row: dict[str, Any]) -> None:
-        assert self._producer is not None
-        value = json.dumps(row, ensure_ascii=False, default=str).encode()
-        key = str(row["event_id"]).encode()
-        self._sent.append(await self._producer.send(self.topic, value, key=key))
-
-    async def flush(self) -> None:
-        sent, self._sent = self._sent, []
-        if sent:
-            await asyncio.gather(*sent)
-
-    async def close(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-
-    def __str__(self) -> str:
-        return f"topic {self.topic}"
-
-
-# --- the resumable position ------------------------------------------------------------------
-
-
-@dataclass
-class State:
-    """Per partition: the replayed span ``[start, end)`` and the next offset still to do."""
-
-    topic: str
-    candidate: dict[str, Any]
-    spans: dict[int, tuple[int, int]]
-    next: dict[int, int]
-    rows: int = 0
-
-    def to_json(self, upto: Mapping[int, int] | None = None) -> str:
-        """``upto``: the positions to write (a snapshot taken before the output was flushed)."""
-        nxt = self.next if upto is None else upto
-        return json.dumps(
-            {
-                "format": STATE_FORMAT,
-                "topic": self.topic,
-                "candidate": self.candidate,
-                "spans": {str(p): list(s) for p, s in sorted(self.spans.items())},
-                "next": {str(p): o for p, o in sorted(nxt.items())},
-                "rows": self.rows,
-                "updated_at": datetime.now(UTC).isoformat(),
-            },
-            indent=2,
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> State:
-        data = json.loads(path.read_text("utf-8"))
-        if data.get("format") != STATE_FORMAT:
-            raise ConfigError(f"{path}: not a replay state file ({data.get('format')!r})")
-        return cls(
-            topic=data["topic"],
-            candidate=data["candidate"],
-            spans={int(p): (s[0], s[1]) for p, s in data["spans"].items()},
-            next={int(p): o for p, o in data["next"].items()},
-            rows=data.get("rows", 0),
-        )
-
-    def save(self, path: Path, upto: Mapping[int, int] | None = None) -> None:
-        """Atomically: a crash leaves the previous position, never half a file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json(upto), "utf-8")
-        os.replace(tmp, path)
-
-    @property
-    def remaining(self) -> int:
-        return sum(max(0, end - self.next[p]) for p, (_, end) in self.spans.items())
 
 
 # --- the replay ------------------------------------------------------------------------------
@@ -427,9 +279,11 @@ class Replayer:
         llm = None
         try:
             state = await self._state(consumer, partitions)
+            # The candidate is built before the position is written: a typo in it (an unknown
+            # prompt version) must not leave a state file that refuses the corrected re-run.
+            pipelines, llm = self._pipelines()
             if not self.resume:
                 state.save(self.state_path)
-            pipelines, llm = self._pipelines()
             self._on_signals()  # after the local model's server, which sets its own
             await self.sink.start()
             try:
@@ -468,8 +322,6 @@ class Replayer:
         task.cancel()
 
     async def _partitions(self) -> list[TopicPartition]:
-        from streams.topics import partitions
-
         tps = await partitions(self.settings, [self.topic])
         if self.span.partitions:
             unknown = set(self.span.partitions) - {tp.partition for tp in tps}
@@ -633,7 +485,7 @@ class Replayer:
             source = getattr(record, "source", None)
         if source is None or flow is None:
             return "source_gone"
-        original = await _fetch(fetcher, source)
+        original = await read_at(fetcher, source.topic, source.partition, source.offset)
         return (flow, _meta(original)) if original is not None else "source_gone"
 
     async def _decided_source(
@@ -643,10 +495,11 @@ class Replayer:
             return getattr(self.codec.decode(decision.record), "source", None)
         if decision.item is None:
             return None
-        item = await _fetch(fetcher, decision.item)  # a rejection: the review record decided
-        if item is None:
+        item = decision.item  # a rejection: the review record it decided names the input
+        found = await read_at(fetcher, item.topic, item.partition, item.offset)
+        if found is None:
             return None
-        return getattr(self.codec.decode(item.value or b""), "source", None)
+        return getattr(self.codec.decode(found.value or b""), "source", None)
 
     def _row(
         self, pipeline: Pipeline, meta: Meta, outcome: Any, elapsed_ms: int, message: Any
@@ -718,22 +571,6 @@ def _meta(message: Any) -> Meta:
     )
 
 
-async def _fetch(consumer: AIOKafkaConsumer, source: Source) -> Any | None:
-    """The record at ``source``'s coordinates, or None when it is gone (retention, compaction)."""
-    tp = TopicPartition(source.topic, source.partition)
-    consumer.assign([tp])
-    first = (await consumer.beginning_offsets([tp]))[tp]
-    end = (await consumer.end_offsets([tp]))[tp]
-    if not first <= source.offset < end:
-        return None
-    consumer.seek(tp, source.offset)
-    async with asyncio.timeout(30):
-        while True:
-            for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
-                if m.offset >= source.offset:
-                    return m if m.offset == source.offset else None
-
-
 class _Progress:
     """A rich progress bar on a terminal; nothing otherwise (logs and CI stay clean)."""
 
@@ -766,11 +603,3 @@ class _Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-def default_state_path(out: str) -> Path:
-    """Next to a file output; under ``.local/replay/`` for a topic output."""
-    if not out.startswith("topic:"):
-        return Path(out + ".state.json")
-    digest = hashlib.sha256(out.encode()).hexdigest()[:8]
-    return Path(".local") / "replay" / f"{out[6:]}-{digest}.state.json"

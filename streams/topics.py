@@ -75,6 +75,14 @@ async def partitions(
 
 async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[str]:
     """Create any missing topic; return the names that were created. Idempotent."""
+    return await create_missing(settings, settings.topics.all(), timeout_s=timeout_s)
+
+
+async def create_missing(
+    settings: Settings, topics: list[str], *, timeout_s: float = 30.0
+) -> list[str]:
+    """Create those of ``topics`` that do not exist, with the deployment's partitions,
+    replication and message size; return the names created."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-admin"
     )
@@ -87,7 +95,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> list[
         ) from exc
     try:
         existing = set(await admin.list_topics())
-        wanted = [t for t in settings.topics.all() if t not in existing]
+        wanted = [t for t in topics if t not in existing]
         if wanted:
             # max.message.bytes follows our one size setting, so a record Sluice may write is
             # one the topic accepts. Existing topics are the operator's: never altered.
@@ -133,3 +141,21 @@ async def read_to_end(settings: Settings, topics: list[str]) -> AsyncIterator[An
             left = {tp for tp in left if await consumer.position(tp) < ends[tp]}
     finally:
         await consumer.stop()
+
+
+async def read_at(consumer: AIOKafkaConsumer, topic: str, partition: int, offset: int) -> Any:
+    """The record at these coordinates, or None when it is gone (retention, compaction), read by
+    assigning ``consumer`` (no group) to its partition. Records before ``offset`` are skipped,
+    whatever position an offset reset left the consumer at."""
+    tp = TopicPartition(topic, partition)
+    consumer.assign([tp])
+    first = (await consumer.beginning_offsets([tp]))[tp]
+    end = (await consumer.end_offsets([tp]))[tp]
+    if not first <= offset < end:
+        return None
+    consumer.seek(tp, offset)
+    async with asyncio.timeout(30):
+        while True:
+            for m in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []):
+                if m.offset >= offset:  # compaction may have removed it: the next is another
+                    return m if m.offset == offset else None

@@ -260,6 +260,13 @@ def test_a_killed_replay_resumes_and_covers_every_event(isolated: Isolated, tmp_
         env = fake_model_env(isolated.env, url)
         out = tmp_path / "rows.jsonl"
         argv = [sys.executable, "-m", "streams.cli", "replay", s.topics.tickets_received]
+        # A candidate that cannot be built fails before any position is written, so the
+        # corrected run is not refused as "exists: --resume it".
+        typo = [*argv, "--out", str(out), "--prompt-version", "ticket_triage.v99"]
+        failed = subprocess.run(typo, env=env, cwd=ROOT, capture_output=True, text=True)
+        assert failed.returncode == 2, failed.stderr[-2000:]
+        assert "no prompt 'ticket_triage.v99'" in failed.stderr
+        assert not Path(str(out) + ".state.json").exists()
         argv += ["--out", str(out), "--concurrency", "2", "--no-progress"]
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stderr=subprocess.PIPE)
         state = Path(str(out) + ".state.json")
