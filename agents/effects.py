@@ -4,6 +4,11 @@ The failure windows (FIELD-NOTES, "Idempotency keys") and what closes each:
 
 - a redelivered or replayed decision finds the key ``done``: ``duplicate``, the stored result
   returned, nothing run;
+- the key is gone though the effect ran (Redis flushed or restored from an old backup, a key
+  expired before a redrive): a tool that can reconcile (``Tool.reconciles``) is asked before its
+  *first* apply too — one lookup per effect — and an effect found at the target is ``duplicate``;
+  a target that refuses a second row for the key (:class:`~agents.tools.Existing`) is
+  ``duplicate`` as well, never a second ``applied``;
 - another executor is running it right now (a rebalance overlap): wait for its lease to end, then
   look again;
 - a crash after the claim, before or after the effect: the lease runs out, the next claimer gets
@@ -36,7 +41,7 @@ from pydantic import BaseModel
 
 from agents.idempotency import Claim, IdempotencyStore
 from agents.observe import ToolCall, notify
-from agents.tools import Reconciled, Tool, canonical, digest
+from agents.tools import Existing, Reconciled, Tool, canonical, digest
 from schemas.errors import EffectFailed, IdempotencyConflict
 from schemas.records import EffectStatus
 
@@ -124,6 +129,10 @@ async def _run(
         settled = await _settle(store, tool, data, claim, outcome, "after a crashed attempt")
         if settled is not None:
             return settled
+    elif tool.reconciles:
+        found = await _precheck(store, tool, data, claim, outcome)
+        if found is not None:
+            return found
     try:
         async with _lease(store, claim):
             result = await tool.apply(data, key)
@@ -138,11 +147,38 @@ async def _run(
             return settled
         await store.release(claim)  # reconcile says it did not happen
         return outcome("failed", claim.claims, error=why, reconciled=True)
+    status: EffectStatus = "applied"
+    if isinstance(result, Existing):  # the target refused a second one: an earlier run got there
+        status, result = "duplicate", result.result
     if not await store.complete(claim, canonical(result)):
         # Our lease ran out mid-effect and a peer took the key over: it reconciles against the
         # target, which this effect already reached. Exact only if the tool passes the key on.
         log.error("tool.call.lease_lost", tool=tool.name, key=key)
-    return outcome("applied", claim.claims, result)
+    return outcome(status, claim.claims, result)
+
+
+async def _precheck(
+    store: IdempotencyStore, tool: Tool[Any], data: BaseModel, claim: Claim, outcome: Any
+) -> EffectOutcome | None:
+    """Before the first apply of a freshly claimed key: ask the target whether the effect is
+    there already. ``duplicate`` if it is (the key was lost, not the effect); None (go on and
+    apply) if it is not. A target that cannot be asked now gets nothing sent either: the claim is
+    released and the outcome is ``failed``, so a redrive can run it once the target answers."""
+    try:
+        verdict = await tool.reconcile(data, claim.key)
+    except Exception as exc:
+        verdict = Reconciled(None, {"reconcile_error": f"{type(exc).__name__}: {exc}"})
+    if verdict.happened is False:
+        return None
+    if verdict.happened:
+        result = verdict.result or {}
+        if not await store.complete(claim, canonical(result)):
+            log.error("tool.call.lease_lost", tool=tool.name, key=claim.key)
+        return outcome("duplicate", claim.claims, result, reconciled=True)  # type: ignore[no-any-return]
+    await store.release(claim)
+    detail = (verdict.result or {}).get("reconcile_error", "it cannot tell")
+    error = f"{tool.name} could not say whether the effect is there already ({detail}): not sent"
+    return outcome("failed", claim.claims, error=error, reconciled=True)  # type: ignore[no-any-return]
 
 
 async def _claim(store: IdempotencyStore, key: str, fingerprint: str) -> Claim:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -32,11 +33,11 @@ from agents.documents import Document, load
 from agents.llm import Completion, LLMClient
 from agents.prompt import load_prompt
 from schemas.events import DocumentReceived
-from schemas.records import Confidence
+from schemas.records import Confidence, DocumentKind, InvoiceExtracted, LineItem
 
-PROMPT_VERSION = "invoice_extraction.v2"
+PROMPT_VERSION = "invoice_extraction.v3"
 AGENT_NAME = "invoice-extraction"
-AGENT_VERSION = "0.2.0"
+AGENT_VERSION = "0.3.0"
 CENT = Decimal("0.01")
 #: Printed amounts are rounded per line; allow a cent of drift per line item.
 LINE_TOLERANCE = Decimal("0.01")
@@ -113,6 +114,9 @@ class LineItemAnswer(BaseModel):
 class InvoiceAnswer(BaseModel):
     """What the model must return."""
 
+    document_kind: DocumentKind = "invoice"
+    """``credit_note`` for a credit note (money back from the vendor): the only document whose
+    amounts may be negative. Read first, so the signs that follow agree with it."""
     vendor_name: str = Field(max_length=120)
     invoice_number: str | None = Field(max_length=64)
     """As printed; null when the document prints none (a review flag, not an error: the model read
@@ -138,20 +142,23 @@ def money(value: Decimal) -> str:
     return f"{value:.2f}"
 
 
-def business_problems(a: InvoiceAnswer) -> list[str]:
+def business_problems(a: InvoiceAnswer | InvoiceExtracted) -> list[str]:
     """Every rule the answer breaks, phrased so the model can fix it in a re-ask.
 
     Only what a better reading of the document can fix: a missing invoice number is not here (the
-    model may well be right that none is printed), see :func:`review_flags`.
+    model may well be right that none is printed), see :func:`review_flags`. The same rules hold
+    for a result record a reviewer edits or approves (the flow's ``rules``), so a person cannot
+    post what the model could not.
     """
     problems = []
     if pycountry.currencies.get(alpha_3=a.currency.upper()) is None:
         problems.append(f"currency {a.currency!r} is not an ISO 4217 code such as EUR, USD, GBP")
     if not a.vendor_name.strip():
         problems.append("vendor_name is empty: copy the seller's name from the document")
-    if not a.line_items:
+    items: Sequence[LineItemAnswer | LineItem] = a.line_items
+    if not items:
         problems.append("line_items is empty: list every line of the invoice")
-    for n, item in enumerate(a.line_items, 1):
+    for n, item in enumerate(items, 1):
         expected = item.quantity * item.unit_price
         if abs(expected - item.amount) > LINE_TOLERANCE:
             problems.append(
@@ -170,6 +177,11 @@ def business_problems(a: InvoiceAnswer) -> list[str]:
         )
     if a.due_date is not None and a.due_date < a.issue_date:
         problems.append(f"due_date {a.due_date} is before issue_date {a.issue_date}")
+    if a.total < 0 and a.document_kind != "credit_note":
+        problems.append(
+            f"total {money(a.total)} is negative, but document_kind is {a.document_kind!r}: only a "
+            "credit note has a negative total; copy the amount due as printed"
+        )
     return problems
 
 
@@ -217,9 +229,12 @@ class InvoiceExtractionAgent:
         prompt_version: str = PROMPT_VERSION,
         *,
         calibration: Calibration | None = None,
+        pdf_budget_s: float | None = None,
     ) -> None:
         self.llm = llm
         self.document_dir = document_dir
+        #: Wall seconds a PDF's text extraction may take (None: the documents module's default).
+        self.pdf_budget_s = pdf_budget_s
         self.prompt_version = prompt_version
         self.system_prompt = load_prompt(prompt_version)
         #: Maps the routed score to P(extraction is right); None routes on the hand-weighted score.
@@ -240,7 +255,9 @@ class InvoiceExtractionAgent:
     async def extract(self, event: DocumentReceived) -> Extraction:
         # PDF parsing and file reads are CPU and disk work: off the event loop, so the other
         # events in flight keep moving while one document is parsed.
-        document = await asyncio.to_thread(load, event, self.document_dir)
+        document = await asyncio.to_thread(
+            load, event, self.document_dir, pdf_budget_s=self.pdf_budget_s
+        )
         c = await self.llm.structured(
             [
                 {"role": "system", "content": self.system_prompt},

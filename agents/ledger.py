@@ -15,7 +15,10 @@ Both say the same three things about a failed insert: the database refused the s
 constraint, a full disk, a lock timeout) → :class:`~schemas.errors.EffectFailed`, nothing was
 written; the connection was lost while the statement was out → the exception goes on as is, the
 outcome is unknown and ``run_effect`` asks ``reconcile``; the row was already there → the earlier
-posting is returned, not a second one.
+posting is returned as :class:`~agents.tools.Existing` (recorded ``duplicate``), not a second one.
+
+Every value reaches SQL as a bound parameter; the identifiers are held to a strict alphabet as well
+(:class:`PostInvoice`), so a document id or invoice number cannot carry more than an identifier.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ import sqlite3
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from agents.tools import Reconciled, Tool, ToolPolicy
+from agents.tools import Existing, Identifier, Reconciled, Tool, ToolPolicy
 from schemas.errors import EffectFailed
 
 COLUMNS = (
@@ -74,16 +77,28 @@ CREATE TABLE IF NOT EXISTS ledger (
 """
 
 
+INVOICE_NUMBER = r"^[A-Za-z0-9][A-Za-z0-9 ._/#-]{0,63}$"
+"""An invoice number as vendors print them (``2024/FE/0318``, ``INV #1187``), nothing more."""
+
+
 class PostInvoice(BaseModel):
     """What the ledger needs of an :class:`~schemas.records.InvoiceExtracted` record."""
 
-    event_id: str
-    document_id: str = Field(min_length=1)
-    vendor_name: str = Field(min_length=1)
-    invoice_number: str | None
+    event_id: str = Field(min_length=1, max_length=128)
+    document_id: Identifier
+    vendor_name: str = Field(min_length=1, max_length=200)
+    invoice_number: str | None = Field(pattern=INVOICE_NUMBER)
     issue_date: date
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    total: Decimal
+    total: Decimal = Field(allow_inf_nan=False, max_digits=18, decimal_places=2)
+    document_kind: Literal["invoice", "credit_note"] = "invoice"
+    """Only a credit note may carry a negative total (money back from the vendor)."""
+
+    @model_validator(mode="after")
+    def _negative_only_for_credit_notes(self) -> PostInvoice:
+        if self.total < 0 and self.document_kind != "credit_note":
+            raise ValueError("a negative total is only posted for a credit note")
+        return self
 
 
 def _row(key: str, data: PostInvoice, posted_at: datetime) -> tuple[Any, ...]:
@@ -254,6 +269,7 @@ class PostInvoiceTool(Tool[PostInvoice]):
     name: ClassVar[str] = "post_invoice"
     input_model = PostInvoice
     key_fields = ("document_id",)
+    reconciles = True
 
     def __init__(
         self, target: Path | str | LedgerBackend, policy: ToolPolicy | None = None
@@ -264,7 +280,7 @@ class PostInvoiceTool(Tool[PostInvoice]):
     def amount(self, data: PostInvoice) -> Decimal:
         return data.total
 
-    async def apply(self, data: PostInvoice, key: str) -> dict[str, Any]:
+    async def apply(self, data: PostInvoice, key: str) -> dict[str, Any] | Existing:
         posted_at = datetime.now(UTC)
         if await self.ledger.insert(key, data, posted_at):
             return {"ledger_key": key, "posted_at": posted_at.isoformat()}
@@ -272,7 +288,7 @@ class PostInvoiceTool(Tool[PostInvoice]):
         row = await self.ledger.find(key)
         if row is None:  # cannot be: the row blocked this insert; say so rather than guess
             raise RuntimeError(f"ledger: key {key} both exists and is missing")
-        return row
+        return Existing(row)
 
     async def reconcile(self, data: PostInvoice, key: str) -> Reconciled:
         row = await self.ledger.find(key)

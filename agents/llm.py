@@ -224,15 +224,13 @@ def _dropped_connection(exc: BaseException) -> str | None:
 
 
 def _redacted(url: str | None) -> str | None:
-    """``url`` without user or password, for logs."""
+    """``url`` without user, password, query or fragment, for logs and names: a provider key
+    may ride in any of them (``?key=...`` for some gateways)."""
     if not url:
         return url
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
 
 
 def _tokens(choice: Any) -> list[TokenProb]:

@@ -4,13 +4,21 @@ Both hand the idempotency key to their target — the webhook as an ``Idempotenc
 mail as its ``Message-ID`` — and ``reconcile`` asks the target for it, so a crash between the effect
 and its record is settled by looking, never by sending again. The local targets are
 :mod:`agents.sinks`; a real team router or mail relay needs the same two things (accept the key,
-answer a lookup by it), or its tool leaves a crashed attempt ``unknown`` for a person.
+answer a lookup by it), or its tool leaves a crashed attempt ``unknown`` for a person. Both are
+asked once before their first send as well (``reconciles``), so a redelivery after the idempotency
+keys were lost finds the effect and sends nothing.
+
+Their inputs are typed: a team is a :data:`~schemas.records.Team` whoever wrote it (the model or a
+reviewer), and a ticket id matches :data:`~agents.tools.IDENTIFIER` before it goes near an address.
+The mail's addresses are built by :class:`email.headerregistry.Address`, never by formatting text,
+and its envelope recipients are given explicitly: a ticket id cannot add a recipient or a header.
 """
 
 from __future__ import annotations
 
 import asyncio
 import smtplib
+from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,23 +27,28 @@ import aiohttp
 from pydantic import BaseModel, Field
 
 from agents.sinks import message_seen
-from agents.tools import Reconciled, Tool, ToolPolicy
+from agents.tools import Identifier, Reconciled, Tool, ToolPolicy
 from schemas.errors import EffectFailed
+from schemas.records import Team
+
+SENDER = Address("Support", "support", "sluice.local")
+CUSTOMER_DOMAIN = "customers.sluice.local"
 
 
 class RouteTicket(BaseModel):
     """Which team gets the ticket."""
 
-    event_id: str
-    ticket_id: str = Field(min_length=1, max_length=128)
-    team: str = Field(min_length=1, max_length=64)
+    event_id: str = Field(min_length=1, max_length=128)
+    ticket_id: Identifier
+    team: Team
+    """One of the known teams: a model's or a reviewer's free text never picks a receiver."""
 
 
 class Acknowledge(BaseModel):
     """Tell the customer the ticket arrived."""
 
-    event_id: str
-    ticket_id: str = Field(min_length=1, max_length=128)
+    event_id: str = Field(min_length=1, max_length=128)
+    ticket_id: Identifier
 
 
 class RouteTicketTool(Tool[RouteTicket]):
@@ -44,6 +57,7 @@ class RouteTicketTool(Tool[RouteTicket]):
     name: ClassVar[str] = "route_to_team"
     input_model = RouteTicket
     key_fields = ("ticket_id",)
+    reconciles = True
 
     def __init__(self, webhook_url: str, policy: ToolPolicy | None = None, timeout_s: float = 10):
         super().__init__(policy)
@@ -77,6 +91,7 @@ class AcknowledgeTool(Tool[Acknowledge]):
     name: ClassVar[str] = "send_acknowledgement"
     input_model = Acknowledge
     key_fields = ("ticket_id",)
+    reconciles = True
 
     def __init__(
         self, host: str, port: int, mail_store: Path, policy: ToolPolicy | None = None
@@ -88,23 +103,30 @@ class AcknowledgeTool(Tool[Acknowledge]):
     def message_id(key: str) -> str:
         return f"<{key}@sluice.local>"
 
+    @staticmethod
+    def recipient(data: Acknowledge) -> Address:
+        """The customer's address. The triage record carries none; a deployment maps ticket →
+        customer address here (the ticket id is an :data:`~agents.tools.IDENTIFIER`)."""
+        return Address(username=f"ticket-{data.ticket_id}", domain=CUSTOMER_DOMAIN)
+
     async def apply(self, data: Acknowledge, key: str) -> dict[str, Any]:
+        to = self.recipient(data)
         msg = EmailMessage()
-        msg["From"] = "support@sluice.local"
-        # The triage record carries no address; a deployment maps ticket → customer address here.
-        msg["To"] = f"ticket-{data.ticket_id}@customers.sluice.local"
+        msg["From"] = SENDER
+        msg["To"] = to
         msg["Subject"] = f"We received your ticket {data.ticket_id}"
         msg["Message-ID"] = self.message_id(key)
         msg.set_content("Thank you: your ticket is with our team, who will answer soon.")
         try:
-            await asyncio.to_thread(self._send, msg)
+            await asyncio.to_thread(self._send, msg, to)
         except smtplib.SMTPRecipientsRefused as exc:
             raise EffectFailed(f"recipient refused: {exc}") from exc
         return {"message_id": msg["Message-ID"]}
 
-    def _send(self, msg: EmailMessage) -> None:
+    def _send(self, msg: EmailMessage, to: Address) -> None:
+        # Explicit envelope: the server delivers to exactly this one address, whatever headers say.
         with smtplib.SMTP(self.host, self.port, timeout=10) as smtp:
-            smtp.send_message(msg)
+            smtp.send_message(msg, from_addr=SENDER.addr_spec, to_addrs=[to.addr_spec])
 
     async def reconcile(self, data: Acknowledge, key: str) -> Reconciled:
         seen = await asyncio.to_thread(message_seen, self.mail_store, self.message_id(key))

@@ -7,8 +7,13 @@ run is decided here, by pure functions, before any effect:
 - the tool must be on the proposing agent's **allowlist** — a tool name that came from model output
   and is not listed never runs, whatever the ticket's text said;
 - the tool's :class:`ToolPolicy` must allow it: the per-tool ``enabled`` switch, a confidence gate
-  per action (a human's approval stands in for confidence), an amount limit, and the risk tier
-  (``high``: only ever on a person's decision, never from the auto lane).
+  per action (a human's approval stands in for confidence), an amount limit on the amount's size
+  (a credit of -250,000 moves as much money as a debit of 250,000), no negative amount from the
+  auto lane, and the risk tier (``high``: only ever on a person's decision, never from the auto
+  lane);
+- the tool's input model must accept the input: action arguments are typed (a team is a ``Team``,
+  an identifier that reaches an address, a URL, a path or a SQL statement matches
+  :data:`IDENTIFIER`), and whatever a model or a person wrote passes the same validation here.
 
 Running an allowed action exactly once is :mod:`agents.effects`' job, through the idempotency key
 a tool derives here with :meth:`Tool.key`.
@@ -20,11 +25,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 InT = TypeVar("InT", bound=BaseModel)
+
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""The alphabet of an identifier that reaches an address, a URL, a path or a SQL statement
+(a ticket id in a mail address, a document id in a ledger row): no spaces, quotes, ``@``, ``<>``,
+``;``, ``/`` or line breaks, so it cannot add a recipient, a header, a path segment or a clause."""
+Identifier = Annotated[str, Field(pattern=IDENTIFIER)]
 
 RiskTier = Literal["low", "medium", "high"]
 Source = Literal["auto", "reviewed"]
@@ -45,7 +56,11 @@ class ToolPolicy:
     min_confidence: float = 0.0
     """An auto-lane action below this confidence is refused (a reviewed one is a person's call)."""
     max_amount: Decimal | None = None
-    """An action whose :meth:`Tool.amount` exceeds this is refused, reviewed or not."""
+    """An action whose :meth:`Tool.amount` exceeds this in size (``abs``) is refused, reviewed or
+    not. The built-in money tool gets ``SLUICE_MAX_AMOUNT`` (:func:`streams.compose.toolbox`)."""
+    negative_from_auto: bool = False
+    """Whether a negative :meth:`Tool.amount` (a credit note's refund) may run from the auto lane;
+    by default only a person's decision moves money back."""
     risk: RiskTier = "low"
     """``high``: runs only from a person's decision, never from the auto lane."""
 
@@ -68,6 +83,12 @@ class Tool(Generic[InT]):
     redelivered event re-judged by the model into a different team must not route it twice. None:
     the whole input, which catches nothing of that kind."""
 
+    reconciles: bool = False
+    """True when :meth:`reconcile` really asks the target. Such a tool is asked before its *first*
+    apply too (one lookup): a redelivery after the idempotency keys were lost (a Redis
+    ``FLUSHALL``, a restore from an old backup) finds the effect at the target and records
+    ``duplicate`` instead of running it again. A tool that cannot tell is not asked."""
+
     def __init__(self, policy: ToolPolicy | None = None) -> None:
         self.policy = policy or ToolPolicy()
 
@@ -81,8 +102,10 @@ class Tool(Generic[InT]):
         """The money this action moves, for the policy's ``max_amount``; None: not about money."""
         return None
 
-    async def apply(self, data: InT, key: str) -> dict[str, Any]:
-        """Run the effect and return what the target answered (stored as the key's result).
+    async def apply(self, data: InT, key: str) -> dict[str, Any] | Existing:
+        """Run the effect and return what the target answered (stored as the key's result), or
+        :class:`Existing` when the target already held this key's effect (a unique key refused a
+        second row): then nothing new happened, and the outcome is ``duplicate``.
 
         Raise :class:`~schemas.errors.EffectFailed` when the target definitely refused; any other
         exception means "may have happened" and leads to :meth:`reconcile`.
@@ -101,6 +124,14 @@ class Reconciled:
 
     happened: bool | None
     result: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Existing:
+    """What :meth:`Tool.apply` returns when the target already had the key's effect: its earlier
+    result. Recorded as ``duplicate``, never as a second ``applied``."""
+
+    result: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -161,9 +192,16 @@ class Toolbox:
         except ValueError as exc:
             return Refused("invalid_input", f"{tool.name} input: {_first_error(exc)}")
         amount = tool.amount(data)
-        if policy.max_amount is not None and amount is not None and amount > policy.max_amount:
+        if amount is None:
+            return tool, data
+        if policy.max_amount is not None and abs(amount) > policy.max_amount:
             return Refused(
                 "over_amount_limit", f"{amount} is over {tool.name}'s limit of {policy.max_amount}"
+            )
+        if amount < 0 and action.source == "auto" and not policy.negative_from_auto:
+            return Refused(
+                "needs_human",
+                f"{tool.name}: a negative amount ({amount}) runs on a person's decision",
             )
         return tool, data
 

@@ -162,7 +162,6 @@ class Rig:
                 "SLUICE_MAX_IN_FLIGHT": str(in_flight),
                 "SLUICE_LOG_FORMAT": "json",
                 "SLUICE_LOG_LEVEL": "info",
-                "SLUICE_LLM_LOGPROBS": "false",
                 "SLUICE_LLM_MAX_ATTEMPTS": "4",
                 "SLUICE_EFFECT_LEASE_S": "5",
                 "SLUICE_PRODUCER_TIMEOUT_S": "10",

@@ -83,7 +83,6 @@ class Rig:
             "SLUICE_LOG_FORMAT": "json",
             "SLUICE_LOG_LEVEL": "info",
             "OPENAI_BASE_URL": base_url,
-            "SLUICE_LLM_LOGPROBS": "false",
             "SLUICE_BREAKER_WAIT_S": str(args.wait_s),
             "SLUICE_WEBHOOK_URL": f"http://127.0.0.1:{http}/hooks",
             "SLUICE_SMTP_PORT": str(smtp),

@@ -12,7 +12,8 @@ breaker and the dead-letter code read a flag instead of walking ``isinstance`` l
     │   ├── UndecodableInput     not UTF-8, not JSON, not a JSON object
     │   ├── InvalidInput         JSON that fails the event's pydantic model
     │   ├── InputTooLarge        over a size limit: bytes, string length, integer digits
-    │   └── InputTooDeep         JSON nested deeper than the parser's limit
+    │   ├── InputTooDeep         JSON nested deeper than the parser's limit
+    │   └── DocumentTooCostly    a document whose parsing passed its time budget (a PDF bomb)
     ├── CodecError               Avro encoding or decoding failed
     │   ├── UnknownSchema        a fingerprint or registry id we hold no schema for
     │   ├── CorruptRecord        a header or body that does not parse
@@ -29,6 +30,9 @@ breaker and the dead-letter code read a flag instead of walking ``isinstance`` l
     │       ├── Truncated        the answer hit max_tokens
     │       └── ContentFiltered  the provider's content filter blocked the answer
     ├── BreakerOpen              the flow's circuit breaker is open: the model was not called
+    ├── UnverifiedDecision       a decision on <flow>.reviewed the executor cannot trust:
+    │                            unsigned, wrongly signed, by no known reviewer, or not about
+    │                            the review-lane record it names
     ├── ToolError                a side effect did not run, or may not have
     │   ├── EffectFailed         the target system said no: nothing happened (a tool raises it)
     │   ├── IdempotencyConflict  the effect's key was claimed before with different input
@@ -100,6 +104,15 @@ class InputTooDeep(InputError):
     ``RecursionError``."""
 
     reason = "input_too_deep"
+
+
+class DocumentTooCostly(InputError):
+    """Reading the document's text passed its budget (``SLUICE_PDF_BUDGET_S``): a small file can
+    hold content that keeps a parser busy for minutes. The parse was stopped; the same document
+    would cost the same again, so it is not retried. Raise the budget and redrive if it is real.
+    """
+
+    reason = "document_too_costly"
 
 
 class CodecError(SluiceError):
@@ -276,3 +289,12 @@ class BreakerOpen(SluiceError):
         super().__init__(message)
         self.usage = usage
         """The calls made before the breaker stopped the retries (None: no call was made)."""
+
+
+class UnverifiedDecision(SluiceError):
+    """A record on ``<flow>.reviewed`` that the executor cannot take for a reviewer's decision:
+    unsigned, signed with an unknown key or wrongly, by a name not in the reviewers file, or not
+    about the review-lane record it names (see :mod:`streams.decisions`). Nothing runs for it; it
+    is dead-lettered, and retrying cannot make it true."""
+
+    reason = "decision_unverified"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Lane = Literal["auto", "review", "deadletter"]
 #: Money: Avro decimal(18, 2). Never a float.
@@ -23,6 +23,7 @@ TicketCategory = Literal["billing", "technical", "account", "shipping", "other"]
 TicketPriority = Literal["low", "medium", "high", "urgent"]
 Sentiment = Literal["negative", "neutral", "positive"]
 Team = Literal["billing", "tech_support", "account_security", "logistics", "customer_success"]
+DocumentKind = Literal["invoice", "credit_note"]
 ActionKind = Literal[
     "route_to_team", "send_acknowledgement", "escalate", "request_information", "close_as_resolved"
 ]
@@ -44,6 +45,8 @@ DeadLetterReason = Literal[
     "outcome_unwritable",
     "internal_error",
     "breaker_open",
+    "decision_unverified",
+    "document_too_costly",
 ]
 #: How one LLM call ended, as the client layer classified it.
 AttemptOutcome = Literal[
@@ -132,7 +135,17 @@ class ProposedAction(_Record):
 
     action: ActionKind
     target: str | None
+    """The action's argument, typed by its kind: for ``route_to_team`` a :data:`Team` (or None:
+    the record's ``team``). Checked here for a model's answer and a reviewer's edit alike, and
+    again by the tool's input model."""
     confidence: float
+
+    @model_validator(mode="after")
+    def _target_fits_action(self) -> ProposedAction:
+        teams = get_args(Team)
+        if self.action == "route_to_team" and self.target is not None and self.target not in teams:
+            raise ValueError(f"route_to_team target must be one of {', '.join(teams)}")
+        return self
 
 
 class TicketTriaged(_Record):
@@ -216,6 +229,9 @@ class InvoiceExtracted(_Record):
     validation_issues: list[str] = []
     confidence_detail: Confidence | None = None
     content_type: str | None = None
+    document_kind: DocumentKind = "invoice"
+    """``credit_note`` when the agent read the document as one: the only kind whose total may be
+    negative, and never posted from the auto lane."""
 
 
 ReviewVerdict = Literal["approve", "correct", "reject"]
@@ -249,6 +265,15 @@ class ReviewDecision(_Record):
     record: bytes | None = None
     """The result as decided (approved as is, or corrected), Avro single-object encoded: what the
     executor runs the actions of. None for a rejection."""
+    second_reviewer: str | None = None
+    """The second reviewer who confirmed a four-eyes decision (money above the flow's limit)."""
+    item_sha256: str | None = None
+    """SHA-256 (hex) of the review-lane record's value as read from the topic: what was decided."""
+    key_id: str | None = None
+    """Which of the review service's signing keys signed this decision."""
+    signature: str | None = None
+    """HMAC-SHA256 (hex) by the review service over the decision and ``item_sha256``; the
+    executor runs nothing unsigned or wrongly signed."""
 
 
 EffectStatus = Literal["applied", "duplicate", "failed", "unknown", "refused"]

@@ -10,17 +10,24 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
+from typing import get_args
 
 from agents.base import AgentResult
 from agents.calibration import Calibration, load_calibration
-from agents.invoice import CENT, Extraction, InvoiceExtractionAgent
+from agents.invoice import (
+    CENT,
+    NO_INVOICE_NUMBER,
+    Extraction,
+    InvoiceExtractionAgent,
+    business_problems,
+)
 from agents.invoice import PROMPT_VERSION as INVOICE_PROMPT
 from agents.tools import Action
 from agents.tools import Source as DecisionSource
 from agents.triage import PROMPT_VERSION as TRIAGE_PROMPT
 from agents.triage import TicketTriageAgent, Triage
 from schemas.events import DocumentReceived, TicketReceived
-from schemas.records import InvoiceExtracted, LineItem, TicketTriaged
+from schemas.records import InvoiceExtracted, LineItem, Team, TicketTriaged
 from streams.flow import Envelope, Flow, FlowSpec, Runtime, register_flow
 
 QUANTITY = Decimal("0.001")
@@ -96,6 +103,7 @@ def invoice_record(
         # unresolved problems after every re-ask, then review flags (no invoice number)
         validation_issues=result.issues,
         content_type=x.document.content_type,
+        document_kind=a.document_kind,
     )
 
 
@@ -125,14 +133,19 @@ def invoices_flow(rt: Runtime) -> Flow[DocumentReceived, Extraction]:
     """Invoice extraction on the runtime's LLM client; documents by path from document_dir."""
     version = rt.settings.prompt_versions.get("invoices", INVOICE_PROMPT)
     agent = InvoiceExtractionAgent(
-        rt.llm, rt.settings.document_dir, version, calibration=calibration_for(rt, version)
+        rt.llm,
+        rt.settings.document_dir,
+        version,
+        calibration=calibration_for(rt, version),
+        pdf_budget_s=rt.settings.pdf_budget_s,
     )
     return Flow("invoices", DocumentReceived, agent, invoice_record)
 
 
 def ticket_actions(record: TicketTriaged, source: DecisionSource) -> list[Action]:
     """Each action the triage agent proposed, with its own confidence. Their names come from
-    model output: the executor's allowlist decides which of them may ever run."""
+    model output: the executor's allowlist decides which of them may ever run, and each tool's
+    input model types their arguments (``route_to_team``'s team is a ``Team``, whoever wrote it)."""
     actions = []
     for a in record.actions:
         data: dict[str, object] = {"event_id": record.event_id, "ticket_id": record.ticket_id}
@@ -154,12 +167,56 @@ def invoice_actions(record: InvoiceExtracted, source: DecisionSource) -> list[Ac
         "issue_date": record.issue_date.isoformat(),
         "currency": record.currency,
         "total": str(record.total),
+        "document_kind": record.document_kind,
     }
     return [Action("post_invoice", data, record.agent.name, record.confidence, source)]
 
 
+def invoice_amount(record: InvoiceExtracted) -> Decimal:
+    """The money an extracted invoice moves: its total (negative for a credit note)."""
+    return record.total
+
+
+def ticket_rules(record: TicketTriaged) -> list[str]:
+    """A triaged ticket's business rules: each action's arguments typed. ``route_to_team`` routes
+    to a :data:`Team` (its target, else the record's team); no other action takes a target."""
+    teams = get_args(Team)
+    problems = []
+    for n, a in enumerate(record.actions):
+        if a.action == "route_to_team":
+            team = a.target if a.target is not None else record.team
+            if team not in teams:
+                problems.append(
+                    f"actions[{n}] route_to_team: {team!r} is not a team ({', '.join(teams)})"
+                )
+        elif a.target is not None:
+            problems.append(f"actions[{n}] {a.action} takes no target, not {a.target!r}")
+    return problems
+
+
+def invoice_rules(record: InvoiceExtracted) -> list[str]:
+    """An extracted invoice's business rules, as an accounts-payable clerk checks them: the
+    agent's own (:func:`agents.invoice.business_problems`, with its tolerances), a currency
+    written as its code, and an invoice number assigned where the document printed none."""
+    problems = business_problems(record)
+    if record.currency != record.currency.upper():
+        problems.append(f"currency {record.currency!r}: write the ISO 4217 code in capitals")
+    number = record.invoice_number
+    if number is not None and not number.strip():
+        problems.append("invoice_number is blank")
+    elif number is None and NO_INVOICE_NUMBER in record.validation_issues:
+        problems.append("invoice_number: none printed on the document; assign one (edit)")
+    return problems
+
+
 TICKETS = register_flow(
-    FlowSpec("tickets", tickets_flow, record_model=TicketTriaged, actions=ticket_actions)
+    FlowSpec(
+        "tickets",
+        tickets_flow,
+        record_model=TicketTriaged,
+        actions=ticket_actions,
+        rules=ticket_rules,
+    )
 )
 INVOICES = register_flow(
     FlowSpec(
@@ -168,5 +225,7 @@ INVOICES = register_flow(
         record_model=InvoiceExtracted,
         topics={"received": "documents.received"},
         actions=invoice_actions,
+        rules=invoice_rules,
+        amount=invoice_amount,
     )
 )

@@ -89,15 +89,16 @@ def flows(settings: Settings, specs: list[FlowSpec]) -> tuple[list[Flow[Any, Any
 def toolbox(settings: Settings) -> Toolbox:
     """The built-in tools and the agents allowed to use them.
 
-    The invoice agent may post invoices; the triage agent may route a ticket (at confidence 0.7
-    or more) and acknowledge it. Every other action it proposes (``escalate``,
+    The invoice agent may post invoices up to ``SLUICE_MAX_AMOUNT`` by size (a negative total,
+    a credit note's, only on a person's decision); the triage agent may route a ticket (at
+    confidence 0.7 or more) and acknowledge it. Every other action it proposes (``escalate``,
     ``close_as_resolved``, ...) is refused as ``not_allowlisted`` and recorded. Add your own
     tools with ``Toolbox.add``.
     """
     s = settings
     box = Toolbox()
     ledger = s.ledger_url.get_secret_value() if s.ledger_url else s.ledger_path
-    box.add(PostInvoiceTool(ledger), agents=[INVOICE_AGENT])
+    box.add(PostInvoiceTool(ledger, ToolPolicy(max_amount=s.max_amount)), agents=[INVOICE_AGENT])
     route = RouteTicketTool(s.webhook_url, ToolPolicy(min_confidence=0.7))
     box.add(route, agents=[TRIAGE_AGENT])
     box.add(AcknowledgeTool(s.smtp_host, s.smtp_port, s.mail_store), agents=[TRIAGE_AGENT])
@@ -122,13 +123,26 @@ def effect_store(settings: Settings) -> IdempotencyStore:
 
 
 def endpoint_breaker_name(endpoint: str | None, settings: Settings | None = None) -> str:
-    """The breaker name of an LLM endpoint: ``endpoint:<base URL>``, ``endpoint:local`` for the
-    offline model, ``endpoint:openai`` for the provider's default URL. ``endpoint`` None: the
-    one ``settings`` configure."""
+    """The breaker name of an LLM endpoint: ``endpoint:<scheme://host:port/path>``,
+    ``endpoint:local`` for the offline model, ``endpoint:openai`` for the provider's default URL.
+    ``endpoint`` None: the one ``settings`` configure.
+
+    The name is a ``/metrics`` label, a Redis key and ``sluice breaker status`` output, so a base
+    URL's user and password (``http://user:pass@host``), query (``?key=...``) and fragment are
+    never part of it: the same endpoint with other credentials is the same breaker."""
+    from urllib.parse import urlsplit
+
     if endpoint is None and settings is not None:
         local = not (settings.openai_api_key or settings.openai_base_url)
         endpoint = "local" if local else settings.openai_base_url or "openai"
-    return f"endpoint:{(endpoint or 'local').rstrip('/')}"
+    endpoint = (endpoint or "local").strip()
+    if "://" in endpoint:
+        try:
+            url = urlsplit(endpoint)
+            endpoint = f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path}"
+        except ValueError:  # not a URL after all: keep no part that may be a credential
+            endpoint = endpoint.split("://", 1)[0] + "://invalid"
+    return f"endpoint:{endpoint.rstrip('/')}"
 
 
 def breaker_for(settings: Settings, flow: str) -> Breaker:

@@ -4,7 +4,11 @@
 :class:`~streams.flow.FlowSpec` names ``actions``, on the same engine as the worker (many records
 in flight, finished-prefix acks), in its own consumer group. From the reviewed topic it takes the
 ``ReviewDecision`` records that approve or correct a result, and runs the result *as decided* (the
-corrected record, never the model's original); a rejection runs nothing. For each record:
+corrected record, never the model's original); a rejection runs nothing. A decision runs only
+once :mod:`streams.decisions` has verified it (signed by the review service, by a reviewer in the
+reviewers file, about the review-lane record it names); any other record on the reviewed topic,
+and a decision on the auto lane, is dead-lettered (``decision_unverified``) and runs nothing.
+What the auto lane holds is never taken for a person's decision. For each record:
 
 1. ``spec.actions(record, source)`` lists what the record asks for (a tool name and its input),
    with ``source`` ``"auto"`` or ``"reviewed"`` — the tool policy lets high-risk tools run only
@@ -34,6 +38,7 @@ from typing import Any
 
 import faust
 import structlog
+from aiokafka.errors import KafkaError
 
 from agents.effects import EffectOutcome, run_effect
 from agents.idempotency import IdempotencyStore
@@ -42,14 +47,16 @@ from agents.redact import scrub, scrub_value
 from agents.tools import Action, Refused, Toolbox, canonical, digest
 from agents.tools import Source as DecisionSource
 from schemas.codec import Codec
-from schemas.errors import IdempotencyConflict, StoreUnavailable
+from schemas.errors import IdempotencyConflict, StoreUnavailable, UnverifiedDecision
 from schemas.records import ReviewDecision, ToolEffect
 from streams import deadletter, metrics, tracing
 from streams.app import faust_app, meta_of, new_engine, observing, sender
+from streams.decisions import DecisionCheck, DecisionKeys, LaneRecords, load_keys
 from streams.emit import Emitter, Strikes, die
 from streams.flow import FlowSpec
 from streams.meta import Meta
 from streams.outcome import Outcome
+from streams.review.auth import ReviewerBook
 from streams.settings import Settings
 from streams.switches import ToolSwitches
 
@@ -65,6 +72,7 @@ class Executor:
     def __init__(
         self, spec: FlowSpec, settings: Settings, codec: Codec, toolbox: Toolbox,
         store: IdempotencyStore, switches: ToolSwitches | None = None,
+        keys: DecisionKeys | None = None, lanes: LaneRecords | None = None,
     ) -> None:  # fmt: skip
         if spec.actions is None:
             raise ValueError(f"flow {spec.name} has no actions")
@@ -75,6 +83,18 @@ class Executor:
         self.toolbox = toolbox
         self.store = store
         self.switches = switches
+        self.reviewed_topic = settings.topics.of(spec.name, "reviewed")
+        self.decisions = (
+            None
+            if keys is None
+            else DecisionCheck(
+                self.flow, settings.topics.of(spec.name, "review"), keys,
+                None if settings.reviewers_file is None else ReviewerBook(settings.reviewers_file),
+                codec,
+            )
+        )  # fmt: skip
+        """Verifies decisions; None (no keys): every decision is refused."""
+        self.lanes = lanes
 
     async def effects(self, meta: Meta) -> list[ToolEffect] | Exception:
         """The ToolEffect of every action ``meta``'s record asks for (effects already run), or
@@ -83,19 +103,36 @@ class Executor:
         try:
             record: Any = self.codec.decode(meta.value or b"")
             source: DecisionSource = "auto"
-            if isinstance(record, ReviewDecision):
-                if record.verdict == "reject" or record.record is None:
-                    log.info("executor.rejected", event_id=record.event_id, flow=self.flow)
+            if meta.topic == self.reviewed_topic:
+                decision = record
+                record = await self._decided(decision)
+                if record is None:
+                    log.info("executor.rejected", event_id=decision.event_id, flow=self.flow)
                     return []
-                record = self.codec.decode(record.record)
                 source = "reviewed"
+            elif isinstance(record, ReviewDecision):
+                raise UnverifiedDecision(f"a decision on {meta.topic}, not on the reviewed topic")
             actions = self.spec.actions(record, source)
-        except Exception as exc:  # unreadable, or a record this flow's actions cannot read
+        except (KafkaError, TimeoutError):
+            raise  # the lane record could not be read: exit before the ack, redelivered
+        except Exception as exc:  # unreadable, unverified, or not readable by this flow's actions
             return exc
         if self.switches is not None:  # a held tool waits last: the record's other tools run
             off = await self.switches.off()
             actions = sorted(actions, key=lambda a: a.tool in off)
         return [await self._one(record.event_id, action) for action in actions]
+
+    async def _decided(self, decision: Any) -> Any:
+        """The record a verified decision on the reviewed topic runs (None: a rejection)."""
+        if not isinstance(decision, ReviewDecision):
+            raise UnverifiedDecision(f"a {type(decision).__name__} on the reviewed topic")
+        if self.decisions is None or self.lanes is None:
+            raise UnverifiedDecision("this executor has no decision keys: it runs no decision")
+        self.decisions.check(decision)  # signature, reviewers, flow: before any read
+        if decision.item is None:  # check() refuses it first
+            raise UnverifiedDecision("the decision names no review-lane record")
+        value = await self.lanes.value_at(decision.item)
+        return self.decisions.decided(decision, value)
 
     async def _one(self, event_id: str, action: Action) -> ToolEffect:
         began = datetime.now(UTC)
@@ -169,6 +206,9 @@ def create_executor_app(
     flow's auto lane and its reviewed topic in the consumer group ``<app_id>-executor``."""
     app = faust_app(settings, f"{settings.app_id}-executor")
     engine = new_engine(settings)
+    keys, lanes = load_keys(settings), LaneRecords(settings)
+    if settings.reviewers_file is None:
+        log.warning("executor.no_reviewers_file", effect="every reviewed decision is refused")
     metrics.track_in_flight("executor", lambda: engine.in_flight)
     send = sender(app)
     emitter = Emitter(
@@ -239,6 +279,10 @@ def create_executor_app(
             key_of=lambda event: event.key,
         )
 
+    @app.on_before_shutdown.connect
+    async def close_lanes(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        await lanes.close()
+
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         engine.revoke(args[0] if args else ())
@@ -246,7 +290,7 @@ def create_executor_app(
     for spec in specs:
         if spec.actions is None:
             continue
-        executor = Executor(spec, settings, codec, toolbox, store, switches)
+        executor = Executor(spec, settings, codec, toolbox, store, switches, keys, lanes)
         for role, name in (
             ("auto", f"{spec.name}-executor"),
             ("reviewed", f"{spec.name}-reviewed"),

@@ -19,6 +19,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar
 
@@ -121,6 +122,14 @@ class FlowSpec:
     actions: Callable[[Any, DecisionSource], list[Action]] | None = None
     """The actions one of the flow's result records asks for (``sluice executor`` runs them
     through the allowlist, the policy and the idempotency store); None: a flow with no effects."""
+    amount: Callable[[Any], Decimal | None] | None = None
+    """The money one result record moves (an invoice's total), or None when it moves none. The
+    platform routes a result above ``SLUICE_REVIEW_AMOUNT`` to review, and a reviewer's decision
+    above the flow's four-eyes amount needs a second reviewer."""
+    rules: Callable[[Any], list[str]] | None = None
+    """The flow's business rules over a result record (lines sum to the subtotal, ISO 4217, ...):
+    the problems found, empty when it passes. Run on every reviewer edit and approval, so a person
+    cannot post what the model could not."""
 
     def topic(self, role: Role) -> str:
         """This flow's base topic name for ``role`` (before suffix and env overrides)."""

@@ -165,6 +165,8 @@ class StderrLogger:
     def msg(self, message: str) -> None:
         """Write one rendered line."""
         stream = _Stream.file
+        if stream.closed:  # whoever configured it closed it since: a log line must never raise
+            stream = _Stream.file = sys.stderr
         stream.write(message + "\n")
         stream.flush()
 

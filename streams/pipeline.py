@@ -8,15 +8,17 @@ each message only once it is accounted for, and keep running after poison input.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import structlog
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
+from agents.confidence import self_rated_only
 from agents.llm import RETRY_GATE
 from agents.observe import DeadLettered, current_scope, notify, timed
 from schemas.codec import Codec
@@ -29,7 +31,14 @@ from streams.breaker import Breaker
 from streams.flow import Envelope, Flow
 from streams.meta import Meta
 from streams.outcome import Outcome
-from streams.policy import FlowPolicy, apply_policy, audit_sampled, held_actions
+from streams.policy import (
+    FlowPolicy,
+    add_caution,
+    amount_cautions,
+    apply_policy,
+    audit_sampled,
+    held_actions,
+)
 from streams.router import Decision
 from streams.settings import Settings
 
@@ -60,6 +69,8 @@ class Pipeline:
         self.topics = settings.topics
         self.max_message_bytes = settings.max_message_bytes
         self.limits = Limits(max_bytes=settings.max_message_bytes)
+        self.review_amount = settings.review_amount
+        self.amount = _amount_of(flow.name)
 
     def lane_topic(self, lane: str) -> str:
         """The topic of this flow's ``auto`` or ``review`` lane."""
@@ -97,10 +108,24 @@ class Pipeline:
         # The policy judges the built record (amounts, fields) and the event (customer plan),
         # and can only send a result to review, never out of it.
         decision = apply_policy(proposed, self.policy, record, event)
+        decision = add_caution(decision, self.cautions(result, record, decision))
         if decision != proposed and "route" in type(record).model_fields:
             route = Route(lane=decision.lane, reason=decision.reason, threshold=self.threshold)
             record = record.model_copy(update={"route": route})
         return record, decision
+
+    def cautions(self, result: Any, record: BaseModel, decision: Decision) -> list[str]:
+        """The platform's own reasons for review, which no router or policy file can drop: money
+        above ``SLUICE_REVIEW_AMOUNT`` or going back (the flow's ``FlowSpec.amount``), and an
+        auto decision that rests on the model's self-rating alone."""
+        reasons = amount_cautions(self.amount(record), self.review_amount)
+        confidence = result.confidence
+        if decision.lane == "auto" and self_rated_only(confidence):
+            reasons.append(
+                f"confidence {confidence.score:.3f} is the model's self-rating alone (no logprobs, "
+                "no calibration): a person decides"
+            )
+        return reasons
 
     def envelope(
         self, meta: Meta, event_id: str, decision: Decision, agent: AgentInfo, usage: Usage,
@@ -290,3 +315,20 @@ class Pipeline:
             extra_headers=deadletter.headers(dl),
             usage=dl.usage,
         )
+
+
+def _amount_of(flow: str) -> Callable[[BaseModel], Decimal | None]:
+    """The money a result record of ``flow`` moves, from its registered spec's ``amount``; a
+    record that is not the spec's record type (or a flow without ``amount``) moves none."""
+    from streams.flow import registered
+
+    spec = next((s for s in registered() if s.name == flow), None)
+    amount = spec.amount if spec is not None else None
+    model = spec.record_model if spec is not None else None
+
+    def of(record: BaseModel) -> Decimal | None:
+        if amount is None or (model is not None and not isinstance(record, model)):
+            return None
+        return amount(record)
+
+    return of

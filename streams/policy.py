@@ -120,6 +120,10 @@ class FlowPolicy(BaseModel):
     """Per-field minimum confidence, read from the record's ``field_confidence``; a field with no
     confidence there counts as 0."""
     rules: tuple[Rule, ...] = ()
+    four_eyes_amount: Decimal | None = Field(None, ge=0, allow_inf_nan=False)
+    """A reviewer's approval or edit of a result moving more money than this (the flow's
+    ``FlowSpec.amount``, by size) needs a second, different reviewer to confirm it.
+    None: ``SLUICE_REVIEW_AMOUNT``, the amount above which results go to review at all."""
 
     @model_validator(mode="after")
     def _fields_in_range(self) -> FlowPolicy:
@@ -217,7 +221,6 @@ def apply_policy(
     Pure: the same inputs give the same decision, so replays can re-route old results under a
     new policy without calling a model.
     """
-    reasons = list(proposed.reasons or (proposed.reason,))
     extra: list[str] = []
     confidences = getattr(record, "field_confidence", None) or {}
     for name, minimum in policy.fields.items():
@@ -225,13 +228,34 @@ def apply_policy(
         if got is None or not math.isfinite(got) or got < minimum:
             extra.append(f"field {name} confidence {_fmt(got)} < {minimum:.3f}")
     extra += [rule.describe() for rule in policy.rules if rule.matches(record, event)]
+    return add_caution(proposed, extra)
+
+
+def add_caution(proposed: Decision, extra: Sequence[str]) -> Decision:
+    """``proposed``, sent to review with ``extra`` reasons if there are any; on an auto decision
+    they replace its reason (the confidence cleared the bar; these are why a person still looks),
+    on a review decision they are added to it."""
     if not extra:
         return proposed
-    if proposed.lane == "auto":
-        reasons = extra  # the confidence cleared the bar; these are why it still goes to a person
-    else:
-        reasons += extra
+    reasons = list(proposed.reasons or (proposed.reason,))
+    reasons = list(extra) if proposed.lane == "auto" else reasons + list(extra)
     return Decision("review", "; ".join(reasons)[:1000], tuple(reasons))
+
+
+def amount_cautions(amount: Decimal | None, review_amount: Decimal) -> list[str]:
+    """Why a result that moves ``amount`` needs a person, whatever the policy file says: more
+    than ``review_amount`` by size (``SLUICE_REVIEW_AMOUNT``), or money going back (negative: a
+    credit note is never posted from the auto lane). None: the result moves no money."""
+    if amount is None:
+        return []
+    if not amount.is_finite():
+        return [f"amount {amount} is not a number"]
+    reasons = []
+    if abs(amount) > review_amount:
+        reasons.append(f"amount {amount} is over the review amount {review_amount}")
+    if amount < 0:
+        reasons.append(f"amount {amount} is negative: money back runs on a person's decision")
+    return reasons
 
 
 def _fmt(value: float | None) -> str:

@@ -255,10 +255,12 @@ async def serve(
     port: int,
     health: Health,
     *,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     registry: CollectorRegistry = prometheus_client.REGISTRY,
 ) -> web.AppRunner | None:
     """Serve the telemetry routes on ``port``; ``None`` when disabled (port 0) or unavailable.
+
+    Loopback unless told otherwise (``SLUICE_METRICS_HOST``): the routes are unauthenticated.
 
     The caller stops it with ``await runner.cleanup()``, which also closes the health checks'
     clients. A busy port is logged and tolerated: losing metrics must not cost the process.

@@ -7,6 +7,7 @@ Every variable is listed with its default in the README.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -202,6 +203,9 @@ class Settings(BaseSettings):
     """JSON {"model": [usd_per_million_prompt, usd_per_million_completion]} over the defaults."""
     document_dir: Path | None = None
     """The one directory documents may be read from by path; unset: paths are refused."""
+    pdf_budget_s: float = Field(5.0, gt=0, le=600)
+    """Wall seconds one PDF's text extraction may take (in a child process, killed at the budget);
+    a document over it is dead-lettered ``document_too_costly``. Real invoices take milliseconds."""
 
     # --- Routing ---
     auto_threshold: float = Field(0.8, ge=0.0, le=1.0)
@@ -210,6 +214,12 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     """A TOML routing policy: per-flow thresholds, per-field thresholds and hard rules that send
     results to review (see :mod:`streams.policy`). Validated when the worker starts."""
+    review_amount: Decimal = Field(Decimal(10_000), ge=0, allow_inf_nan=False)
+    """A result whose flow says it moves more money than this (``FlowSpec.amount``, in its own
+    currency, by size) goes to review, policy file or not; a negative amount always does."""
+    max_amount: Decimal = Field(Decimal(100_000), gt=0, allow_inf_nan=False)
+    """The most money one action of a money tool (``post_invoice``) may move, by size, reviewed
+    or not: above it the action is refused (``over_amount_limit``)."""
 
     # --- Circuit breaker (one per flow, shared by its workers through Redis) ---
     breaker: Literal["on", "manual", "off"] = "on"
@@ -262,6 +272,33 @@ class Settings(BaseSettings):
     """How long a claim holds an item for one reviewer (renewed by claiming again)."""
     review_sla_s: float = Field(4 * 3600.0, gt=0)
     """An item pending longer than this is flagged as an SLA breach."""
+    decision_keys: SecretStr | None = None
+    """Keys the review service signs each decision with and the executor verifies it with (HMAC-
+    SHA256): ``kid:secret`` pairs, comma separated, each secret at least 32 characters. The first
+    signs, every one verifies: rotate by putting a new pair first, and drop the old one once no
+    decision it signed waits to run. Unset: one key kept in ``decision_key_file``."""
+    decision_key_file: Path = Path(".local/decision.key")
+    """Where the generated decision key is kept (created 0600 on first use by the review service
+    or the executor, whichever needs it first) while ``SLUICE_DECISION_KEYS`` is unset: for one
+    machine only, both processes must read the same file."""
+    review_session_key: SecretStr | None = None
+    """HMAC key over reviewers' web sessions in Redis, so that whoever can write Redis cannot
+    mint or alter a session. Unset: a random key kept in ``review_session_key_file``. Every
+    replica of the review service needs the same key."""
+    review_session_key_file: Path = Path(".local/session.key")
+    """Where the generated session key is kept (created 0600 on first use) while
+    ``SLUICE_REVIEW_SESSION_KEY`` is unset."""
+    review_secure_cookie: bool = False
+    """Mark the session cookie ``Secure`` (HTTPS only): set it wherever reviewers reach the
+    service over HTTPS (a TLS proxy in front of it)."""
+    review_login_attempts: int = Field(5, ge=1)
+    """Failed web logins one reviewer name may have before each further attempt must wait 1 s,
+    then 2 s, 4 s ... (up to ``review_login_max_delay_s``); answered 429 without checking the
+    password. Counted in Redis (all replicas together) and reset by a successful login."""
+    review_login_client_attempts: int = Field(20, ge=1)
+    """The same limit per client address, over every name it tries."""
+    review_login_max_delay_s: float = Field(300.0, gt=0)
+    """The longest wait between throttled login attempts."""
 
     # --- Redaction (agents.redact) ---
     redact_pii: bool = False
@@ -291,8 +328,10 @@ class Settings(BaseSettings):
     executor_metrics_port: int = Field(9401, ge=0, le=65535)
     """``sluice executor``'s ``/metrics`` and ``/health`` port; 0: none. The review service
     serves both on its own port."""
-    metrics_host: str = "0.0.0.0"
-    """Where the metrics endpoint listens (all interfaces: scrapers run elsewhere)."""
+    metrics_host: str = "127.0.0.1"
+    """Where the metrics endpoint listens: loopback by default (it is unauthenticated and names
+    flows, models and endpoints); ``0.0.0.0`` only where the network in front is trusted (a
+    container network, with the published port bound to a trusted interface)."""
     lag_interval_s: float = Field(5.0, gt=0)
     """How often a process reads its consumer group's lag for ``sluice_consumer_lag``."""
     otel: Literal["off", "otlp", "console"] = "off"

@@ -26,9 +26,11 @@ from schemas.records import (
     DeadLetter,
     InvoiceExtracted,
     LineItem,
+    ProposedAction,
     ReviewDecision,
     Route,
     Source,
+    Team,
     TicketTriaged,
     ToolEffect,
     Usage,
@@ -249,4 +251,6 @@ def records(model: type[BaseModel]) -> st.SearchStrategy[BaseModel]:
         name: strategy_for(info.rebuild_annotation(), info)
         for name, info in model.model_fields.items()
     }
+    if model is ProposedAction:  # typed per kind: a route_to_team target is a Team or None
+        fields["target"] = st.one_of(st.none(), st.sampled_from(get_args(Team)))
     return st.fixed_dictionaries(fields).map(lambda values: model(**values))

@@ -20,6 +20,17 @@ A marker ``[[answer:<base64>]]`` forces the exact content of a successful answer
 successful answer is a minimal instance of the request's JSON schema (see :func:`example_instance`),
 or ``"ok"`` without one.
 
+Logprobs, as an OpenAI-compatible server gives them when the request asks (``logprobs: true``,
+``top_logprobs: N``): ``choices[0].logprobs.content`` is a list of tokens that concatenate to the
+content exactly, each with its logprob and up to N alternatives (see :func:`token_logprobs`). The
+tokens of a JSON value are given the answer's *certainty*: a string value that is a label of the
+schema's ``enum`` for its field gets it as the label's probability, the other labels sharing the
+rest among its alternatives; every other value token gets its log as logprob (so the geometric mean
+over a value is the certainty too). The certainty is, in order: a marker ``[[certainty:<p>]]``
+(:func:`certainty_marker`; ``[[certainty:none]]`` gives no logprobs even when asked), the answer's
+own top-level ``confidence`` (a fake model as sure as it says it is), or
+:data:`DEFAULT_CERTAINTY`. Without ``logprobs: true`` the choice's ``logprobs`` is null.
+
 Faults: ``ok``, ``slow``, ``429``, ``500``, ``401``, ``403``, ``context_exceeded``, ``hang``,
 ``reset``, ``invalid_json``, ``schema_violation``, ``refusal``, ``truncated``, ``context_full``,
 ``content_filter`` (see :data:`FAULTS`).
@@ -112,6 +123,24 @@ _STRING_FORMATS: Final[Mapping[str, str]] = {
     "uri": "https://example.com/x",
     "uuid": "00000000-0000-4000-8000-000000000000",
 }
+DEFAULT_CERTAINTY: Final = 0.99
+"""The probability the logprobs give an answer's values when nothing else sets one (logprob
+about -0.01)."""
+MIN_CERTAINTY: Final = 0.001
+MAX_CERTAINTY: Final = 0.999
+"""Certainties are clamped to [MIN_CERTAINTY, MAX_CERTAINTY]: alternatives keep some mass."""
+STRUCTURE_LOGPROB: Final = -0.0001
+"""The logprob of JSON punctuation, whitespace and keys: a model is all but sure of them."""
+MAX_TOP_LOGPROBS: Final = 20
+"""OpenAI's upper bound on ``top_logprobs``."""
+_CERTAINTY_MARKER = re.compile(r"\[\[certainty:([^\]]*)\]\]")
+_LEXEME = re.compile(
+    r'"(?:[^"\\]|\\.)*"?|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|[A-Za-z_]\w*|\s+|.', re.S
+)
+"""One JSON lexeme (a string, number, word or punctuation) or a run of whitespace; every character
+of any text falls in one, so the lexemes of a text concatenate to it."""
+_PIECE = re.compile(r" ?[A-Za-z0-9]+|\\.|.", re.S)
+"""One token inside a string: a word (with its leading space), an escape or one other character."""
 _PREFER_NULL_DEPTH: Final = 32
 """Past this nesting, unions pick their null branch so recursive schemas still terminate."""
 _MAX_DEPTH: Final = 64
@@ -129,6 +158,16 @@ def answer_marker(answer: Any) -> str:
     """The marker that makes a successful answer exactly ``answer`` (a str as is, else as JSON)."""
     text = answer if isinstance(answer, str) else json.dumps(answer)
     return f"[[answer:{base64.b64encode(text.encode()).decode()}]]"
+
+
+def certainty_marker(certainty: float | None) -> str:
+    """The marker that sets the probability the logprobs give an answer's values (clamped to
+    [MIN_CERTAINTY, MAX_CERTAINTY]); None: no logprobs for the request even when it asks."""
+    if certainty is None:
+        return "[[certainty:none]]"
+    if not 0.0 < certainty <= 1.0:
+        raise ValueError(f"certainty must be in (0, 1], not {certainty}")
+    return f"[[certainty:{certainty!r}]]"
 
 
 @dataclass
@@ -514,6 +553,7 @@ class FaultServer:
             answer = _forced_answer(texts)
             if answer is None:
                 answer = _valid_answer(body.get("response_format"))
+            certainty = _certainty(texts, answer)
         except ValueError as exc:
             call.status = 400
             return _reject(str(exc))
@@ -587,6 +627,15 @@ class FaultServer:
         elif fault == "content_filter":
             content, finish, completion_tokens = None, "content_filter", 1
 
+        logprobs: dict[str, Any] | None = None
+        if body.get("logprobs") is True and content is not None and certainty is not None:
+            top = body.get("top_logprobs")
+            top_n = min(max(top, 0), MAX_TOP_LOGPROBS) if isinstance(top, int) else 0
+            labels = _field_labels(body.get("response_format"))
+            logprobs = {
+                "content": token_logprobs(content, certainty, labels, top_n),
+                "refusal": None,
+            }
         call.prompt_tokens = max(1, sum(len(t) for t in texts) // 4)
         call.completion_tokens = completion_tokens
         call.status = 200
@@ -602,7 +651,7 @@ class FaultServer:
                         "index": 0,
                         "message": {"role": "assistant", "content": content, "refusal": refusal},
                         "finish_reason": finish,
-                        "logprobs": None,
+                        "logprobs": logprobs,
                     }
                 ],
                 "usage": {
@@ -659,6 +708,160 @@ def _forced_answer(texts: Sequence[str]) -> str | None:
             except (binascii.Error, UnicodeDecodeError) as exc:
                 raise ValueError(f"bad [[answer:...]] marker: {exc}") from exc
     return None
+
+
+def _certainty(texts: Sequence[str], answer: str) -> float | None:
+    """The probability the logprobs give ``answer``'s values; None: no logprobs (see the module
+    docstring for the order of the sources)."""
+    value = DEFAULT_CERTAINTY
+    for text in texts:
+        found = _CERTAINTY_MARKER.search(text)
+        if found:
+            raw = found.group(1).strip()
+            if raw.lower() == "none":
+                return None
+            try:
+                value = float(raw)
+            except ValueError as exc:
+                raise ValueError(f"bad [[certainty:...]] marker: {raw!r}") from exc
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"bad [[certainty:...]] marker: {raw!r} is not in (0, 1]")
+            return min(MAX_CERTAINTY, max(MIN_CERTAINTY, value))
+    try:
+        parsed = json.loads(answer)
+    except ValueError:
+        parsed = None
+    rated = parsed.get("confidence") if isinstance(parsed, dict) else None
+    if isinstance(rated, int | float) and not isinstance(rated, bool) and 0.0 <= rated <= 1.0:
+        value = float(rated)
+    return min(MAX_CERTAINTY, max(MIN_CERTAINTY, value))
+
+
+def _field_labels(response_format: Any) -> dict[str, tuple[str, ...]]:
+    """The allowed string labels of every property with an ``enum`` in the request's JSON schema,
+    by property name (merged where two objects share a name), arrays of labels included."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return {}
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        return {}
+    out: dict[str, list[str]] = {}
+
+    def walk(node: Any, depth: int) -> None:
+        if depth > _MAX_DEPTH:
+            return
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict):
+                for name, sub in props.items():
+                    for label in _labels(sub, schema, 0):
+                        if label not in out.setdefault(name, []):
+                            out[name].append(label)
+            for value in node.values():
+                walk(value, depth + 1)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, depth + 1)
+
+    walk(schema, 0)
+    return {name: tuple(labels) for name, labels in out.items() if labels}
+
+
+def _labels(node: Any, root: Mapping[str, Any], depth: int) -> list[str]:
+    """The string labels a value of ``node`` may take (its ``enum``/``const``, through ``$ref``,
+    unions, ``allOf`` and array items); empty for a free value."""
+    if depth > _MAX_DEPTH or not isinstance(node, Mapping):
+        return []
+    if "$ref" in node:
+        try:
+            return _labels(_resolve(root, node["$ref"]), root, depth + 1)
+        except ValueError:
+            return []
+    found = [v for v in node.get("enum") or [] if isinstance(v, str)]
+    if isinstance(node.get("const"), str):
+        found.append(node["const"])
+    for key in ("anyOf", "oneOf", "allOf"):
+        for branch in node.get(key) or []:
+            found += _labels(branch, root, depth + 1)
+    if isinstance(node.get("items"), Mapping):
+        found += _labels(node["items"], root, depth + 1)
+    return list(dict.fromkeys(found))
+
+
+def token_logprobs(
+    content: str, certainty: float, labels: Mapping[str, Sequence[str]], top_n: int
+) -> list[dict[str, Any]]:
+    """``logprobs.content`` for ``content``: tokens that concatenate to it exactly.
+
+    A tokeniser simple enough to read: JSON punctuation, numbers, literals and whitespace runs are
+    tokens; a string is its quotes and its words (``" Supplies"``), except a string value that is
+    one of its field's ``labels``, which is one token after its opening quote, so a reader finds
+    the label whole at the value's first token. That token has probability ``certainty`` and its
+    alternatives (up to ``top_n`` entries in all, itself first) are the field's other labels, the
+    rest of the mass shared among them equally. Other value tokens have logprob
+    ``log(certainty)``; keys, punctuation and whitespace :data:`STRUCTURE_LOGPROB`.
+    """
+    chosen = math.log(certainty)
+    out: list[dict[str, Any]] = []
+
+    def emit(text: str, logprob: float, alternatives: Sequence[tuple[str, float]] = ()) -> None:
+        top = [(text, logprob), *alternatives][:top_n]
+        out.append(
+            {
+                **_entry(text, logprob),
+                "top_logprobs": [_entry(t, lp) for t, lp in top],
+            }
+        )
+
+    lexemes = [m.group() for m in _LEXEME.finditer(content)]
+    key: str | None = None
+    stack: list[str | None] = []
+    for i, lexeme in enumerate(lexemes):
+        if lexeme in ("{", "["):
+            stack.append(key)
+            key = None if lexeme == "{" else key
+            emit(lexeme, STRUCTURE_LOGPROB)
+        elif lexeme in ("}", "]"):
+            key = stack.pop() if stack else None
+            emit(lexeme, STRUCTURE_LOGPROB)
+        elif lexeme.startswith('"'):
+            following = next((x for x in lexemes[i + 1 :] if not x.isspace()), "")
+            closed = len(lexeme) > 1 and lexeme.endswith('"')
+            inner = lexeme[1:-1] if closed else lexeme[1:]
+            if following == ":":  # a key
+                key = _decoded(lexeme) or inner
+                for piece in ['"', *_PIECE.findall(inner), '"' if closed else ""]:
+                    if piece:
+                        emit(piece, STRUCTURE_LOGPROB)
+                continue
+            allowed = labels.get(key or "", ())
+            emit('"', chosen)
+            if closed and _decoded(lexeme) in allowed and inner == _decoded(lexeme):
+                others = [label for label in allowed if label != inner]
+                share = math.log((1.0 - certainty) / len(others)) if others else chosen
+                emit(inner, chosen, [(label, share) for label in others])
+            else:
+                for piece in _PIECE.findall(inner):
+                    emit(piece, chosen)
+            if closed:
+                emit('"', chosen)
+        elif lexeme.isspace() or lexeme in (":", ","):
+            emit(lexeme, STRUCTURE_LOGPROB)
+        else:  # a number, a literal (true, false, null) or a stray character
+            emit(lexeme, chosen)
+    return out
+
+
+def _entry(text: str, logprob: float) -> dict[str, Any]:
+    return {"token": text, "logprob": round(logprob, 6), "bytes": list(text.encode())}
+
+
+def _decoded(lexeme: str) -> str | None:
+    try:
+        value = json.loads(lexeme)
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _valid_answer(response_format: Any) -> str:

@@ -38,6 +38,7 @@ def add_parser(sub: Any) -> None:
         ("show", "one item, with its source event"),
         ("claim", "claim an item (renews your own claim)"),
         ("release", "give your claim back"),
+        ("confirm", "confirm another reviewer's held decision as the second reviewer"),
     ]:
         rs.add_parser(name, help=text).add_argument("item")
     ap = rs.add_parser("approve", help="the result is right: its actions may run")

@@ -14,7 +14,6 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.records import Source
-from streams.review.auth import Reviewers
 from streams.review.desk import ReviewDesk, editable
 from streams.review.sessions import SessionStore
 from streams.review.state import Item, ReviewState
@@ -22,7 +21,6 @@ from streams.settings import Settings
 
 DESK: web.AppKey[ReviewDesk] = web.AppKey("desk", ReviewDesk)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
-REVIEWERS: web.AppKey[Reviewers] = web.AppKey("reviewers", Reviewers)
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)
 
 
@@ -103,7 +101,11 @@ def readable(raw: bytes | None, settings: Settings) -> str | None:
             from agents.documents import load
             from schemas.events import DocumentReceived
 
-            doc = load(DocumentReceived.model_validate(value), settings.document_dir)
+            doc = load(
+                DocumentReceived.model_validate(value),
+                settings.document_dir,
+                pdf_budget_s=settings.pdf_budget_s,
+            )
             return f"Document {value['document_id']} ({doc.content_type}):\n\n{doc.text}"
         if isinstance(value, dict) and "ticket_id" in value:
             subject = str(value.get("subject") or "").strip()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,8 @@ class Item:
     """The input event (raw text, readable text) once read: see ``context.source_of``."""
     traceparent: str | None = None
     """The review-lane record's W3C traceparent: the decision continues its trace."""
+    sha256: str | None = None
+    """SHA-256 (hex) of the review-lane record's bytes as read: the decision signs it."""
 
     @property
     def event_id(self) -> str:
@@ -104,14 +107,16 @@ class ReviewState:
         self._early: dict[str, ReviewDecision] = {}
 
     def add_item(
-        self, flow: str, where: Source, record: BaseModel, traceparent: str | None = None
-    ) -> Item:
+        self, flow: str, where: Source, record: BaseModel, traceparent: str | None = None,
+        sha256: str | None = None,
+    ) -> Item:  # fmt: skip
         """Record a review-lane record. Seeing it again (a re-read) changes nothing."""
         key = item_id(flow, where)
         if key not in self.items:
             self.items[key] = Item(
-                key, flow, where, record, self._early.pop(key, None), traceparent=traceparent
-            )
+                key, flow, where, record, self._early.pop(key, None), traceparent=traceparent,
+                sha256=sha256,
+            )  # fmt: skip
         return self.items[key]
 
     def add_decision(self, decision: ReviewDecision) -> None:
@@ -211,7 +216,8 @@ class TopicFeed:
             return
         if role == "review":
             where = Source(topic=topic, partition=partition, offset=offset)
-            self.state.add_item(flow, where, record, traceparent_of(tuple(headers or ())))
+            digest = hashlib.sha256(value or b"").hexdigest()
+            self.state.add_item(flow, where, record, traceparent_of(tuple(headers or ())), digest)
         elif isinstance(record, ReviewDecision):
             self.state.add_decision(record)
 

@@ -52,6 +52,18 @@ def services() -> Settings:
     return settings
 
 
+@pytest.fixture(scope="session")
+def redis_settings() -> Settings:
+    """Settings whose Redis answers, Kafka unchecked: for the fast tests that need Redis only
+    (``make test-unit`` runs them with a local Redis and no broker)."""
+    settings = Settings()
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_timeout=3).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {settings.redis_url} does not answer (run `make up`): {exc}")
+    return settings
+
+
 POSTGRES_URL = os.environ.get(
     "SLUICE_TEST_POSTGRES_URL", "postgresql://sluice@127.0.0.1:5433/sluice"
 )
@@ -286,8 +298,11 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def fake_model_env(env: dict[str, str], base_url: str, **extra: str) -> dict[str, str]:
-    """A worker environment that calls the fault server instead of the local model."""
-    return {**env, "OPENAI_BASE_URL": base_url, "SLUICE_LLM_LOGPROBS": "false", **extra}
+    """A worker environment that calls the fault server instead of the local model. The worker
+    asks for logprobs and the fault server gives them, as sure as each answer's own confidence
+    (see :mod:`agents.testing.fault_server`), so its answers can reach the auto lane; tests of the
+    rule against a self-rating alone pass ``SLUICE_LLM_LOGPROBS="false"``."""
+    return {**env, "OPENAI_BASE_URL": base_url, **extra}
 
 
 def stop(worker: Worker, timeout_s: float = 30) -> int:

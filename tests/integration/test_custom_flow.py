@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import pytest
 from pydantic import BaseModel
 
 from agents.base import AgentResult
-from agents.confidence import combine
+from agents.confidence import combine, label_probability
 from agents.llm import LLMClient
 from agents.testing.fault_server import answer_marker
 from schemas.envelope import ResultRecord
@@ -33,8 +33,11 @@ class Note(BaseModel):  # the input event: JSON on notes.received
     text: str
 
 
+Moods = Literal["happy", "neutral", "angry"]
+
+
 class Mood(BaseModel):  # what the model must answer
-    mood: Literal["happy", "neutral", "angry"]
+    mood: Moods
     confidence: float
 
 
@@ -55,7 +58,9 @@ class MoodAgent:
             {"role": "user", "content": note.text},
         ]
         c = await self.llm.structured(messages, Mood, max_tokens=64)
-        confidence = combine(c.value.confidence, None, reasks=c.reasks)
+        # The label's probability from the tokens: a self-rating alone never reaches auto.
+        measured = label_probability(c.logprobs, "mood", c.value.mood, get_args(Moods))
+        confidence = combine(c.value.confidence, measured, reasks=c.reasks)
         return AgentResult(c.value, confidence, c.usage, self.llm.model, "mood.v1", c.issues)
 
 

@@ -58,7 +58,6 @@ async def test_each_fault_class_ends_in_its_lane(
         "OPENAI_BASE_URL": fault_server,
         "SLUICE_LLM_TIMEOUT_S": str(TIMEOUT_S),
         "SLUICE_LLM_DEADLINE_S": str(DEADLINE_S),
-        "SLUICE_LLM_LOGPROBS": "false",
     }
     start = {tp: 0 for tp in await end_offsets(s, list(lane_topics(s)))}
     worker = start_worker(env, tmp_path / "worker.log")

@@ -209,3 +209,87 @@ async def test_redis_down_means_nothing_runs() -> None:
         await run_effect(store_on(closed), tool, A, "ev-1")
     assert tool.calls == 0
     await closed.aclose()
+
+
+async def test_a_stale_claim_taken_over_gets_a_new_lease_so_a_third_claimer_waits(
+    client: aioredis.Redis,
+) -> None:
+    # Two owners at once would be two effects: the peer that takes a stale key over must hold a
+    # fresh lease, so a third caller right after it sees the key in flight, not stale again.
+    store = store_on(client, lease_s=0.2)
+    key, fp = "k-stale", "fp"
+    first = await store.claim(key, fp)
+    assert first.state == "claimed"
+    await asyncio.sleep(0.3)  # the first owner died: its lease ran out
+    second = await store.claim(key, fp)
+    third = await store.claim(key, fp)
+    assert (second.state, second.claims) == ("stale", 2)
+    assert third.state == "in_flight"
+    assert 0 < third.lease_left_ms <= 200
+    assert third.claims == 2  # a waiter is not counted as an attempt
+
+
+async def test_a_definite_refusal_releases_the_key_at_once_with_one_attempt(
+    client: aioredis.Redis,
+) -> None:
+    # A long lease: if the refusal left the key claimed, the retry would wait it out (30 s) and
+    # then count a second attempt. Released, the retry claims it fresh and runs at once.
+    store, tool = store_on(client, lease_s=30.0), RouteTool()
+    tool.fail_with = EffectFailed("team queue closed")
+    failed = await run_effect(store, tool, A, "ev-1")
+    assert (failed.status, failed.attempts) == ("failed", 1)
+    assert await client.exists(f"{store.prefix}:{failed.key}") == 0  # nothing left claimed
+    tool.fail_with = None
+    async with asyncio.timeout(3):
+        retried = await run_effect(store, tool, A, "ev-1")
+    assert (retried.status, retried.attempts) == ("applied", 1)
+    assert tool.calls == 2
+    assert tool.effects() == 1
+
+
+# --- the key lost, the effect not (B9): a tool that can reconcile is asked before its first apply
+
+
+async def test_a_lost_key_finds_the_effect_at_the_target_and_records_a_duplicate(
+    client: aioredis.Redis,
+) -> None:
+    store, tool = store_on(client), RouteTool()
+    first = await run_effect(store, tool, A, "ev-1")
+    await client.delete(f"{store.prefix}:{first.key}")  # what FLUSHALL does to this key
+    again = await run_effect(store, tool, A, "ev-1")
+    assert (again.status, again.reconciled, again.result) == ("duplicate", True, first.result)
+    assert tool.calls == 1
+    assert tool.effects() == 1
+    assert (await run_effect(store, tool, A, "ev-1")).status == "duplicate"  # the key is back
+
+
+async def test_a_tool_that_cannot_reconcile_is_not_asked_before_its_first_apply(
+    client: aioredis.Redis,
+) -> None:
+    class Blind(RouteTool):
+        reconciles = False
+        asked = 0
+
+        async def reconcile(self, data: Route, key: str) -> Reconciled:
+            self.asked += 1
+            return Reconciled(None)
+
+    store, tool = store_on(client), Blind()
+    tool.reconciles = False
+    out = await run_effect(store, tool, A, "ev-1")
+    assert (out.status, tool.asked, tool.calls) == ("applied", 0, 1)
+
+
+async def test_a_target_that_cannot_answer_the_first_lookup_gets_nothing_sent(
+    client: aioredis.Redis,
+) -> None:
+    class Down(RouteTool):
+        async def reconcile(self, data: Route, key: str) -> Reconciled:
+            raise ConnectionRefusedError("target down")
+
+    store, tool = store_on(client), Down()
+    out = await run_effect(store, tool, A, "ev-1")
+    assert out.status == "failed"
+    assert "target down" in (out.error or "")
+    assert tool.calls == 0
+    assert await client.exists(f"{store.prefix}:{out.key}") == 0  # released: a redrive runs it

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from agents.effects import run_effect
 from agents.idempotency import IdempotencyStore
 from agents.ledger import PostgresLedger, PostInvoice, PostInvoiceTool, SqliteLedger
-from agents.tools import digest
+from agents.tools import Existing, digest
 from streams.compose import toolbox
 from streams.settings import Settings
 
@@ -94,7 +94,25 @@ async def test_the_key_as_primary_key_stops_a_second_row_even_without_redis(
     tool = PostInvoiceTool(target)
     key = tool.key("ev-1", INVOICE)
     one, two = await asyncio.gather(tool.apply(INVOICE, key), tool.apply(INVOICE, key))
-    assert one == two
+    posted, existing = (one, two) if isinstance(two, Existing) else (two, one)
+    assert isinstance(existing, Existing)  # the loser is told: a duplicate, not a posting
+    assert existing.result == posted
+    assert await tool.count() == 1
+
+
+async def test_a_lost_key_meets_the_row_and_records_a_duplicate(
+    store: IdempotencyStore, target: Path | str
+) -> None:
+    # Redis lost the key (FLUSHALL) after the posting. Asked first, the table has the row; and
+    # even a tool that skipped the lookup is refused a second row and records "duplicate".
+    tool = PostInvoiceTool(target)
+    first = await run_effect(store, tool, INVOICE, "ev-1")
+    for reconciles in (True, False):
+        await store.redis.delete(f"{store.prefix}:{first.key}")
+        tool.reconciles = reconciles
+        again = await run_effect(store, tool, INVOICE, "ev-1")
+        assert (again.status, again.result) == ("duplicate", first.result), reconciles
+        assert again.reconciled is reconciles
     assert await tool.count() == 1
 
 

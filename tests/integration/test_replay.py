@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from agents.testing.fault_server import answer_marker
 from schemas.codec import Codec
 from schemas.records import ReviewDecision, Source
+from streams.decisions import DecisionKeys, sha256
 from streams.lanes import end_offsets
 from streams.settings import Settings
 from streams.topics import partitions
@@ -42,6 +44,7 @@ from tests.integration.conftest import (
     stop,
 )
 from tests.integration.test_executor import read_all
+from tests.integration.test_review_service import reviewers_file
 from tests.poison.corpus import TRIAGE_ANSWER
 
 N = 12
@@ -100,9 +103,14 @@ async def review_records(s: Settings, want: int) -> list[tuple[Source, Any, byte
     return found[:want]
 
 
+DECISION_KEYS = f"replay:{secrets.token_hex(20)}"
+"""The review service's signing keys for this test (it writes decisions as the desk would)."""
+
+
 def decisions(reviewed: list[tuple[Source, Any, bytes]]) -> list[bytes | None]:
     """An approval of the first record and a rejection of the second, as the review desk
-    writes them."""
+    writes them: signed, by a reviewer in the reviewers file."""
+    keys = DecisionKeys.parse(DECISION_KEYS)
     out: list[bytes | None] = []
     for (item, record, value), verdict in zip(reviewed, ("approve", "reject"), strict=True):
         decision = ReviewDecision(
@@ -117,8 +125,9 @@ def decisions(reviewed: list[tuple[Source, Any, bytes]]) -> list[bytes | None]:
             decision_id=f"d-{record.event_id}",
             item=item,
             record=value if verdict == "approve" else None,
+            item_sha256=sha256(value),
         )
-        out.append(Codec().encode(decision))
+        out.append(Codec().encode(keys.sign(decision)))
     return out
 
 
@@ -185,7 +194,10 @@ async def test_replay_touches_nothing_live_and_finds_inputs_from_lanes(
 ) -> None:
     s = isolated.settings
     run = s.topic_suffix.strip(".")
-    env = fake_model_env({**isolated.env, **sinks.env}, fault_server)
+    env = fake_model_env(
+        {**isolated.env, **sinks.env}, fault_server, SLUICE_DECISION_KEYS=DECISION_KEYS,
+        SLUICE_REVIEWERS_FILE=str(reviewers_file(tmp_path)),
+    )  # fmt: skip
     worker = start_worker(env, tmp_path / "worker.log")
     executor = start_worker(env, tmp_path / "executor.log", command="executor")
     try:

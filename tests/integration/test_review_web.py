@@ -177,7 +177,7 @@ async def test_a_reviewer_clears_the_queue_in_a_real_browser(
             low = page.locator("#fields tr.low")
             assert await low.count() >= 1  # the low-confidence action is highlighted
             item = page.url.rsplit("/", 1)[1]
-            await page.fill("#f-team", "billing")
+            await page.select_option("#f-team", "billing")
             await page.fill("#edit input[name=comment]", "billing issue, not shipping")
             await page.screenshot(path=str(ARTIFACTS / "review-item.png"), full_page=True)
             await page.click("#edit button[type=submit]")

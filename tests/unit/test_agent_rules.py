@@ -15,10 +15,12 @@ from pydantic import BaseModel, ValidationError
 
 import agents.invoice as invoice_agent
 import agents.triage as triage_agent
+from agents.confidence import TokenProb
 from agents.documents import pdf_text
 from agents.invoice import InvoiceAnswer, InvoiceExtractionAgent, LineItemAnswer, business_problems
 from agents.llm import Completion, Validator
 from agents.prompt import load_prompt
+from agents.testing.fault_server import token_logprobs
 from agents.triage import TicketTriageAgent, TriageAnswer
 from agents.triage import business_problems as triage_problems
 from agents.usage import estimate_tokens
@@ -133,8 +135,11 @@ class FakeLLM:
 
     model = "fake"
 
-    def __init__(self, answer: BaseModel) -> None:
+    def __init__(self, answer: BaseModel, measured: float | None = None) -> None:
         self.answer = answer
+        self.measured = measured
+        """With a probability: the completion carries token logprobs of its raw JSON (the fault
+        server's tokens, every value as likely as this), a measured signal; None: no logprobs."""
         self.calls: list[dict[str, Any]] = []
 
     async def structured(
@@ -151,7 +156,18 @@ class FakeLLM:
         )
         value = response_model.model_validate(self.answer.model_dump())
         problems = validate(value) if validate else []
-        return Completion(value, value.model_dump_json(), USAGE, 0, problems, [])
+        raw = value.model_dump_json()
+        tokens: list[TokenProb] = []
+        if self.measured is not None:
+            tokens = [
+                TokenProb(
+                    t["token"],
+                    t["logprob"],
+                    tuple((a["token"], a["logprob"]) for a in t["top_logprobs"]),
+                )
+                for t in token_logprobs(raw, self.measured, {}, 5)
+            ]
+        return Completion(value, raw, USAGE, 0, problems, tokens)
 
 
 # --- tickets: customer metadata and subject-only tickets in the user message ---
@@ -250,7 +266,7 @@ async def test_extraction_keeps_problems_and_flags_apart() -> None:
     assert x.issues == [NO_NUMBER]
     # A flag says what a person must do, not that the reading is doubtful: no confidence penalty.
     assert x.confidence.validation == 1.0
-    assert x.prompt_version == "invoice_extraction.v2"
+    assert x.prompt_version == "invoice_extraction.v3"
     assert llm.calls[0]["max_tokens"] == invoice_agent.answer_tokens(text)
 
     wrong = invoice(invoice_number=None, total=Decimal("158.75"))
@@ -266,7 +282,8 @@ async def test_extraction_keeps_problems_and_flags_apart() -> None:
 async def test_invoice_without_number_goes_to_review_with_a_null_number(
     number: str | None, lane: str
 ) -> None:
-    llm = FakeLLM(invoice(invoice_number=number, confidence=0.95))
+    # Logprobs as sure as the self-rating: a self-rating alone never reaches auto.
+    llm = FakeLLM(invoice(invoice_number=number, confidence=0.95), measured=0.95)
     agent = InvoiceExtractionAgent(llm)  # type: ignore[arg-type]
     pipeline = Pipeline(
         Flow("invoices", DocumentReceived, agent, invoice_record), Settings(topic_suffix=".unit")

@@ -417,7 +417,7 @@ async def test_triage_agent_routes_on_the_calibrated_score(
 async def test_invoice_agent_routes_on_the_calibrated_score(
     server: FaultServer, cubic: list[Row]
 ) -> None:
-    cal = fitted(cubic, "isotonic", flow="invoices", prompt_version="invoice_extraction.v2")
+    cal = fitted(cubic, "isotonic", flow="invoices", prompt_version="invoice_extraction.v3")
     answer = {
         "vendor_name": "ACME GmbH",
         "invoice_number": "R-17",
@@ -443,12 +443,12 @@ async def test_invoice_agent_routes_on_the_calibrated_score(
     assert plain.confidence.score == 0.9
     assert calibrated.confidence.score == round(cal.apply(plain.confidence), 6)
     assert calibrated.confidence.score < 0.85
-    assert calibrated.confidence.method.startswith("calibrated invoice_extraction.v2 v1 (isotonic")
+    assert calibrated.confidence.method.startswith("calibrated invoice_extraction.v3 v1 (isotonic")
 
 
 def test_an_agent_refuses_another_prompts_calibration(cubic_calibration: Calibration) -> None:
     llm = LLMClient(LLMConfig(model="fault"))
     with pytest.raises(ConfigError, match="fitted for prompt 'ticket_triage.v3'"):
         TicketTriageAgent(llm, "ticket_triage.v2", calibration=cubic_calibration)
-    with pytest.raises(ConfigError, match="not 'invoice_extraction.v2'"):
+    with pytest.raises(ConfigError, match="not 'invoice_extraction.v3'"):
         InvoiceExtractionAgent(llm, calibration=cubic_calibration)

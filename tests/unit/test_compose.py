@@ -30,7 +30,9 @@ def test_kraft_single_node() -> None:
 
 
 def test_redis_keeps_keys() -> None:
-    command = COMPOSE["services"]["redis"]["command"]
+    # sh -c "... exec redis-server /tmp/auth.conf --appendonly yes ...": the password goes into a
+    # config file, so the server's own arguments are the last line's words.
+    command = COMPOSE["services"]["redis"]["command"][-1].split()
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
 
@@ -43,7 +45,8 @@ def test_worker_uses_the_same_variable_names() -> None:
     known |= {f"SLUICE_{n.upper()}" for n in Settings.model_fields}
     assert set(env) <= known, set(env) - known
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:29092"
-    assert env["REDIS_URL"].startswith("redis://redis:")
+    assert env["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")  # tests/security
+    assert env["REDIS_URL"].endswith("@redis:6379/0")
     assert env["SCHEMA_REGISTRY_URL"] == "http://schema-registry:8081"
 
 

@@ -11,6 +11,7 @@ import datetime
 import enum
 import hashlib
 import json
+import math
 import re
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import openai
 import pytest
@@ -26,13 +27,21 @@ from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel, Field, ValidationError
 
+from agents.confidence import TokenProb, label_probability, self_rated_only, value_probability
+from agents.invoice import InvoiceExtractionAgent
+from agents.llm import LLMClient, LLMConfig, response_format
 from agents.testing.fault_server import (
     REFUSAL_TEXT,
     FaultServer,
     answer_marker,
+    certainty_marker,
     example_instance,
     fault_marker,
 )
+from agents.triage import TicketTriageAgent, TriageAnswer
+from schemas.events import DocumentReceived, TicketReceived
+from schemas.records import TicketPriority
+from tests.poison.corpus import INVOICE_ANSWER, TRIAGE_ANSWER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -374,6 +383,134 @@ def test_answer_marker_forces_the_exact_content(client: openai.OpenAI) -> None:
     assert json.loads(content(response)) == forced
     verbatim = ask(client, f"raw {answer_marker('not json at all')}")
     assert content(verbatim) == "not json at all"
+
+
+# -- logprobs, when asked for -------------------------------------------------------------------
+
+
+def ask_logprobs(
+    client: openai.OpenAI, user: str, top: int = 5, model: type[BaseModel] = TriageAnswer
+) -> ChatCompletion:
+    return client.chat.completions.create(
+        model="fault-test",
+        messages=[{"role": "user", "content": user}],
+        response_format=response_format(model),  # type: ignore[arg-type]
+        logprobs=True,
+        top_logprobs=top,
+    )
+
+
+def tokens_of(response: ChatCompletion) -> list[TokenProb]:
+    logprobs = response.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.content is not None
+    return [
+        TokenProb(t.token, t.logprob, tuple((a.token, a.logprob) for a in t.top_logprobs))
+        for t in logprobs.content
+    ]
+
+
+def test_logprobs_only_when_asked(client: openai.OpenAI) -> None:
+    assert ask(client, answer_marker(TRIAGE_ANSWER)).choices[0].logprobs is None
+    asked = ask_logprobs(client, answer_marker(TRIAGE_ANSWER))
+    assert asked.choices[0].logprobs is not None
+    refused = ask_logprobs(client, f"{answer_marker(TRIAGE_ANSWER)} {certainty_marker(None)}")
+    assert refused.choices[0].logprobs is None  # a provider that gives none
+    assert json.loads(content(refused)) == TRIAGE_ANSWER
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        TRIAGE_ANSWER,
+        INVOICE_ANSWER,
+        {"note": 'quote " and \\ backslash, ünïcødé € and emoji 🙂', "n": -1.5e3, "x": None},
+        "not json at all",
+        '{"category" :  "billing" ,\n "confidence": 1}',
+    ],
+    ids=["triage", "invoice", "escapes", "text", "spaced"],
+)
+def test_logprob_tokens_concatenate_to_the_content(client: openai.OpenAI, answer: Any) -> None:
+    response = ask_logprobs(client, answer_marker(answer), top=3)
+    logprobs = response.choices[0].logprobs
+    assert logprobs is not None
+    assert logprobs.content
+    assert "".join(t.token for t in logprobs.content) == content(response)
+    for t in logprobs.content:
+        assert t.bytes == list(t.token.encode())
+        assert t.logprob <= 0.0
+        assert 1 <= len(t.top_logprobs) <= 3
+        assert (t.top_logprobs[0].token, t.top_logprobs[0].logprob) == (t.token, t.logprob)
+        assert all(a.bytes == list(a.token.encode()) for a in t.top_logprobs)
+
+
+def test_a_fault_s_content_has_its_own_tokens(client: openai.OpenAI) -> None:
+    response = ask_logprobs(client, f"cut {fault_marker('truncated')}")
+    assert "".join(t.token for t in tokens_of(response)) == content(response)
+    assert ask_logprobs(client, fault_marker("refusal")).choices[0].logprobs is None
+
+
+def test_a_label_is_one_token_with_the_other_labels_as_alternatives(
+    client: openai.OpenAI,
+) -> None:
+    tokens = tokens_of(ask_logprobs(client, answer_marker(TRIAGE_ANSWER), top=20))
+    priority = [t for t in tokens if t.token == TRIAGE_ANSWER["priority"]]
+    assert len(priority) == 1
+    assert math.isclose(math.exp(priority[0].logprob), 0.95, rel_tol=1e-4)  # its confidence
+    labels = set(get_args(TicketPriority))
+    assert {a for a, _ in priority[0].top} == labels
+    assert math.isclose(sum(math.exp(lp) for _, lp in priority[0].top), 1.0, rel_tol=1e-4)
+    assert tokens_of(ask_logprobs(client, answer_marker(TRIAGE_ANSWER), top=0))[0].top == ()
+
+
+@pytest.mark.parametrize(
+    ("marker", "expected"),
+    [("", 0.95), (certainty_marker(0.3), 0.3), (certainty_marker(1.0), 0.999)],
+    ids=["its-confidence", "marker", "clamped"],
+)
+def test_sluice_reads_the_certainty_from_the_logprobs(
+    client: openai.OpenAI, marker: str, expected: float
+) -> None:
+    triage = tokens_of(ask_logprobs(client, f"{answer_marker(TRIAGE_ANSWER)} {marker}", top=20))
+    p = label_probability(triage, "priority", "high", get_args(TicketPriority))
+    assert p == pytest.approx(expected, abs=1e-3)
+    invoice = tokens_of(ask_logprobs(client, f"{answer_marker(INVOICE_ANSWER)} {marker}"))
+    for field in ("vendor_name", "invoice_number", "total"):
+        assert value_probability(invoice, field) == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ValueError, match="certainty"):
+        certainty_marker(0.0)
+
+
+async def test_sluice_agents_get_a_logprob_signal(server: FaultServer) -> None:
+    """Sluice's own client and agents, as a worker runs them: the routed score is measured."""
+    llm = LLMClient(LLMConfig(base_url=server.base_url, api_key="x", model="fault"))
+    llm.start()
+    try:
+        triage = await TicketTriageAgent(llm).triage(
+            TicketReceived(ticket_id="T-1", body=f"Charged twice. {answer_marker(TRIAGE_ANSWER)}")
+        )
+        invoice = await InvoiceExtractionAgent(llm).extract(
+            DocumentReceived(document_id="D-1", text=f"Invoice. {answer_marker(INVOICE_ANSWER)}")
+        )
+        unsure = await TicketTriageAgent(llm).triage(
+            TicketReceived(
+                ticket_id="T-2",
+                body=f"Hm. {answer_marker({**TRIAGE_ANSWER, 'confidence': 0.4})}",
+            )
+        )
+    finally:
+        await llm.close()
+    assert triage.confidence.logprob == pytest.approx(0.95, abs=0.01)
+    assert not self_rated_only(triage.confidence)
+    assert triage.confidence.score >= 0.9  # the auto lane's default threshold is 0.8
+    route = next(a for a in triage.actions if a.action == "route_to_team")
+    assert route.confidence == pytest.approx(0.9, abs=0.01)  # min(its rating, P(team))
+    assert invoice.confidence.logprob == pytest.approx(INVOICE_ANSWER["confidence"], abs=0.01)
+    assert not self_rated_only(invoice.confidence)
+    assert all(v == pytest.approx(invoice.confidence.logprob, abs=0.01)
+               for v in invoice.field_confidence.values())  # fmt: skip
+    assert unsure.confidence.logprob == pytest.approx(0.4, abs=0.1)
+    assert unsure.confidence.score < 0.8  # an unsure answer still goes to review
 
 
 def test_unknown_fault_and_streaming_are_rejected(client: openai.OpenAI) -> None:

@@ -76,3 +76,40 @@ def test_messages_never_quote_the_value() -> None:
         with pytest.raises(InputError) as info:
             jsonlimits.loads(raw, SMALL)
         assert secret not in str(info.value)
+
+
+WIDE = Limits(max_bytes=4096, max_depth=8, max_string_chars=10_000, max_int_digits=10)
+
+
+def exactly(size: int, char: str = "é") -> bytes:
+    """A JSON object of exactly ``size`` bytes, its one string mostly of ``char``."""
+    head, tail = b'{"s": "', b'"}'
+    room = size - len(head) - len(tail)
+    wide = char.encode()
+    body = wide * (room // len(wide)) + b"x" * (room % len(wide))
+    raw = head + body + tail
+    assert len(raw) == size
+    return raw
+
+
+@pytest.mark.parametrize("char", ["x", "é", "€", "😀"])
+def test_the_size_limit_counts_bytes_and_includes_the_limit(char: str) -> None:
+    at, over = exactly(4096, char), exactly(4097, char)
+    assert jsonlimits.loads(at, WIDE)["s"].startswith(char)
+    with pytest.raises(InputTooLarge, match="4097 bytes; the limit is 4096"):
+        jsonlimits.loads(over, WIDE)
+    if char != "x":
+        # Fewer characters than bytes: a limit counted in characters would let it through.
+        assert len(over.decode()) <= 4096
+
+
+def test_the_depth_limit_includes_the_limit() -> None:
+    at = b"[" * 8 + b"]" * 8
+    assert nesting_depth(at.decode()) == 8
+    assert jsonlimits.loads(at, WIDE) == [[[[[[[[]]]]]]]]
+    nested = b'{"a": ' + b"[" * 7 + b"]" * 7 + b"}"  # 8 levels with the object
+    assert jsonlimits.loads(nested, WIDE) == {"a": [[[[[[[]]]]]]]}
+    with pytest.raises(InputTooDeep, match="9 levels deep; the limit is 8"):
+        jsonlimits.loads(b"[" * 9 + b"]" * 9, WIDE)
+    with pytest.raises(InputTooDeep, match="9 levels deep; the limit is 8"):
+        jsonlimits.loads(b'{"a": ' + b"[" * 8 + b"]" * 8 + b"}", WIDE)

@@ -152,12 +152,41 @@ async def test_a_hung_provider_costs_at_most_the_deadline(server: FaultServer) -
         await llm.structured(ask(fault_marker("hang"), "t-hang"), Answer)
     elapsed = time.monotonic() - began
     await llm.close()
-    assert elapsed < 1.6 + 0.5  # the deadline, plus scheduling slack; never hang_s (5 s)
+    # The deadline plus scheduling slack; never hang_s (5 s). Tight enough that a last call
+    # allowed its whole timeout_s (0.5 s) instead of what is left of the deadline fails it.
+    assert elapsed < 1.6 + 0.3
     assert err.value.usage is not None
     outcomes = {a.outcome for a in err.value.usage.per_attempt}
     assert outcomes == {"timeout"}
     assert 2 <= err.value.usage.attempts <= 4
     assert err.value.usage.prompt_tokens == 0  # nothing answered, nothing billed
+
+
+async def test_a_call_gets_no_more_than_the_deadline_left(server: FaultServer) -> None:
+    # timeout_s (4 s) is longer than the whole deadline (0.8 s): the call must be cut at 0.8 s.
+    llm = client(server, timeout_s=4.0, deadline_s=0.8, max_attempts=10)
+    began = time.monotonic()
+    with pytest.raises(ProviderError) as err:
+        await llm.structured(ask(fault_marker("hang"), "t-clip"), Answer)
+    elapsed = time.monotonic() - began
+    await llm.close()
+    assert 0.8 <= elapsed < 0.8 + 0.3, elapsed
+    assert err.value.usage is not None
+    assert [a.outcome for a in err.value.usage.per_attempt] == ["timeout"]
+    assert 0.7 <= err.value.usage.per_attempt[0].latency_ms / 1000 < 1.1
+
+
+async def test_a_backoff_past_the_deadline_is_not_slept(server: FaultServer) -> None:
+    # The provider asks for 1 s (retry-after); 0.5 s are left: give up now, do not sleep first.
+    llm = client(server, deadline_s=0.5, max_attempts=10)
+    began = time.monotonic()
+    with pytest.raises(ProviderError, match="would pass the 0.5s deadline") as err:
+        await llm.structured(ask(fault_marker("429", "ok"), "t-past"), Answer)
+    elapsed = time.monotonic() - began
+    await llm.close()
+    assert elapsed < 0.5, elapsed
+    assert err.value.usage is not None
+    assert [a.outcome for a in err.value.usage.per_attempt] == ["rate_limited"]
 
 
 async def test_invalid_json_is_reasked_with_the_problem_then_gives_up(server: FaultServer) -> None:

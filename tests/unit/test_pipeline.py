@@ -209,3 +209,25 @@ async def test_redrive_lineage_is_carried_to_the_next_dead_letter() -> None:
     assert headers["sluice.redrive.attempt"] == b"2"
     assert headers["sluice.origin"] == b"tickets.received/3/17"
     assert headers["sluice.redrive.from"] == b"deadletter/0/5"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # Every field within the event model's limits (body: 20,000 characters, 60,000 bytes of
+        # "€"); only the whole message passes SLUICE_MAX_MESSAGE_BYTES.
+        json.dumps({"ticket_id": "T", "subject": "€" * 300, "body": "€" * 20_000, "x": "y" * 9000},
+                   ensure_ascii=False).encode(),
+        b'{"ticket_id": "T", "body": "help"}' + b" " * 70_000,  # whitespace is JSON too
+    ],
+)  # fmt: skip
+async def test_the_message_byte_limit_applies_below_the_models_field_limits(value: bytes) -> None:
+    limit = 65_536
+    assert len(value) > limit
+    outcome = await small_pipeline(limit).handle(meta(value))
+    record = codec.decode_as(outcome.value, DeadLetter)
+    assert (outcome.lane, record.reason) == ("deadletter", "input_too_large")
+    assert f"the limit is {limit}" in record.error_message
+    # Within a larger limit the same event parses and reaches the (absent) model.
+    bigger = await small_pipeline(len(value)).handle(meta(value))
+    assert codec.decode_as(bigger.value, DeadLetter).reason == "provider_unavailable"

@@ -39,9 +39,9 @@ async def pipelines(
     server: FaultServer,
 ) -> AsyncIterator[dict[str, Pipeline]]:
     # Per test: the openai client's connections belong to the event loop that opened them.
-    llm = LLMClient(
-        LLMConfig(base_url=server.base_url, api_key="test", model="fault", logprobs=False)
-    )
+    # Logprobs asked for: the fault server's answers carry a measured signal, so the corpus's
+    # confident answers can reach auto.
+    llm = LLMClient(LLMConfig(base_url=server.base_url, api_key="test", model="fault"))
     llm.start()
     settings = Settings(topic_suffix=".unit")
     yield {
