@@ -46,7 +46,6 @@ from decimal import Decimal
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import openai
 import structlog
@@ -57,6 +56,7 @@ from agents.confidence import TokenProb
 from agents.limiter import CallLimiter
 from agents.local_model import LOCAL_MODEL_ALIAS, LocalModelServer
 from agents.observe import LLMCall, LLMRetry, ValidationFailed, notify
+from agents.redact import url_without_credentials
 from agents.usage import DEFAULT_PRICES, MICRO_USD, MILLION, Ledger, Price, estimate_tokens
 from schemas.errors import (
     AgentError,
@@ -224,13 +224,8 @@ def _dropped_connection(exc: BaseException) -> str | None:
 
 
 def _redacted(url: str | None) -> str | None:
-    """``url`` without user, password, query or fragment, for logs and names: a provider key
-    may ride in any of them (``?key=...`` for some gateways)."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
+    """``url`` for logs: :func:`~agents.redact.url_without_credentials`."""
+    return url_without_credentials(url) if url else url
 
 
 def _tokens(choice: Any) -> list[TokenProb]:

@@ -28,7 +28,7 @@ import re
 import threading
 from functools import lru_cache
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 REDACTED: Final = "[REDACTED]"
 #: Shorter values are not registered: masking every "admin" or "1234" in every log line would
@@ -172,6 +172,17 @@ def register_url_password(url: str | None) -> None:
     if password:
         register_secret(password)
         register_secret(unquote(password))
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` without user, password, query or fragment: a provider key may ride in any of them
+    (``?key=...`` for some gateways). For logs, names and metric labels. A value that does not
+    parse as a URL keeps only its scheme (``scheme://invalid``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL after all: keep no part that may be a credential
+        return url.split("://", 1)[0] + "://invalid"
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
 
 
 def reset_secrets() -> None:

@@ -16,6 +16,7 @@ from agents.invoice import AGENT_NAME as INVOICE_AGENT
 from agents.ledger import PostInvoiceTool
 from agents.llm import LLMClient, LLMConfig
 from agents.notify import AcknowledgeTool, RouteTicketTool
+from agents.redact import url_without_credentials
 from agents.tools import Toolbox, ToolPolicy
 from agents.triage import AGENT_NAME as TRIAGE_AGENT
 from agents.usage import parse_prices
@@ -130,18 +131,12 @@ def endpoint_breaker_name(endpoint: str | None, settings: Settings | None = None
     The name is a ``/metrics`` label, a Redis key and ``sluice breaker status`` output, so a base
     URL's user and password (``http://user:pass@host``), query (``?key=...``) and fragment are
     never part of it: the same endpoint with other credentials is the same breaker."""
-    from urllib.parse import urlsplit
-
     if endpoint is None and settings is not None:
         local = not (settings.openai_api_key or settings.openai_base_url)
         endpoint = "local" if local else settings.openai_base_url or "openai"
     endpoint = (endpoint or "local").strip()
     if "://" in endpoint:
-        try:
-            url = urlsplit(endpoint)
-            endpoint = f"{url.scheme}://{url.netloc.rpartition('@')[2]}{url.path}"
-        except ValueError:  # not a URL after all: keep no part that may be a credential
-            endpoint = endpoint.split("://", 1)[0] + "://invalid"
+        endpoint = url_without_credentials(endpoint)
     return f"endpoint:{endpoint.rstrip('/')}"
 
 
